@@ -30,6 +30,7 @@ import optax
 from flax import serialization
 from gymnax.environments import spaces
 from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 # ----------------------------------------------------------------------------- 1. Config
@@ -63,11 +64,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "Acrobot-v1": dict(total_timesteps=200_000, normalize_observations=True),
     # Sparse reward: the zoo normalizes observations.
     "MountainCar-v0": dict(normalize_observations=True),
-    # gamma 0.9 as the zoo; 0.95-0.99 learn slower on this short-horizon task. More envs for speed.
-    "Pendulum-v1": dict(
-        gamma=0.9, gae_lambda=0.95, num_envs=16, num_steps=128, total_timesteps=1_000_000,
-        max_kl=0.02, vf_epochs=10, init_log_std=-0.5,
-    ),
+    # gamma 0.9 as the zoo. Batches of 4096 (32 x 128) steady the noisy continuous-action
+    # gradient: 16 x 128 and 32 x 64 ended lower and less stable in our 4-seed sweeps.
+    "Pendulum-v1": dict(gamma=0.9, gae_lambda=0.95, num_envs=32, num_steps=128,
+                        total_timesteps=1_000_000, init_log_std=-0.5),
     "MountainCarContinuous-v0": dict(normalize_observations=True, total_timesteps=50_000),
 }
 
@@ -82,14 +82,18 @@ def validate_config(config: Config) -> None:
     """Raise ValueError, with a one-line message, for a config that cannot run."""
     if config.env_name not in gymnax.registered_envs:
         raise ValueError(f"unknown env {config.env_name!r}; valid: {', '.join(gymnax.registered_envs)}")
+    concrete = lambda name: not isinstance(getattr(config, name), jax.core.Tracer)  # sweeps trace some
     for name in ("num_envs", "num_steps", "total_timesteps", "cg_iters", "line_search_steps",
                  "vf_epochs", "vf_minibatches"):
-        if getattr(config, name) <= 0:
+        if concrete(name) and getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
     if not config.hidden_sizes or min(config.hidden_sizes) <= 0:
         raise ValueError(f"hidden_sizes must be positive, got {config.hidden_sizes}")
-    if not isinstance(config.max_kl, jax.core.Tracer) and not config.max_kl > 0:
-        raise ValueError(f"max_kl must be > 0, got {config.max_kl}")
+    for name in ("max_kl", "vf_lr", "line_search_shrink"):
+        if concrete(name) and not getattr(config, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(config, name)}")
+    if concrete("cg_damping") and not config.cg_damping >= 0:
+        raise ValueError(f"cg_damping must be >= 0, got {config.cg_damping}")
     batch = config.num_envs * config.num_steps
     if batch % config.vf_minibatches:
         raise ValueError(f"vf_minibatches={config.vf_minibatches} does not divide num_envs*num_steps={batch}")
@@ -194,6 +198,7 @@ class Agent(NamedTuple):
     obs_dim: int
     action_low: jax.Array | None  # Box envs only
     action_high: jax.Array | None
+    env_mesh: Any = None  # a 1-D jax.sharding.Mesh over which the env batch is split, or None
 
 
 def make_agent(config: Config) -> Agent:
@@ -220,6 +225,15 @@ def env_action(agent: Agent, action: jax.Array, shape: tuple[int, ...]) -> jax.A
         return action
     unit = jnp.clip(action, -1.0, 1.0)
     return (agent.action_low + 0.5 * (unit + 1.0) * (agent.action_high - agent.action_low)).reshape(shape)
+
+
+def shard_envs(agent: Agent, tree: Any, axis: int = 0) -> Any:
+    """Split the env axis of every leaf over agent.env_mesh; XLA then turns batch means into
+    all-reduces. A no-op without a mesh."""
+    if agent.env_mesh is None:
+        return tree
+    sharding = NamedSharding(agent.env_mesh, PartitionSpec(*([None] * axis), "envs"))
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
 # ----------------------------------------------------------------------------- Observation statistics
@@ -308,8 +322,8 @@ def rollout(agent: Agent, state: TrainState, key: jax.Array, config: Config) -> 
         transition = (runner.obs, action, reward, terminated, truncated, log_prob(dist, action),
                       flat_obs(info["final_observation"], n),
                       jnp.where(done, ep_return, 0.0), jnp.where(done, ep_length, 0))
-        next_runner = EnvRunner(env_state, flat_obs(obs, n), jnp.where(done, 0.0, ep_return),
-                                jnp.where(done, 0, ep_length))
+        next_runner = shard_envs(agent, EnvRunner(env_state, flat_obs(obs, n), jnp.where(done, 0.0, ep_return),
+                                                  jnp.where(done, 0, ep_length)))
         return next_runner, transition
 
     runner, (obs, action, reward, term, trunc, logp, final_obs, ret, length) = jax.lax.scan(
@@ -518,7 +532,7 @@ def init_train_state(agent: Agent, config: Config, key: jax.Array) -> TrainState
     critic = CriticState(value_params, optax.adam(config.vf_lr).init(value_params))
     stats = update_running_stats(RunningStats(jnp.zeros(agent.obs_dim), jnp.ones(agent.obs_dim), jnp.array(1e-4)), obs)
     zeros = jnp.zeros(config.num_envs)
-    runner = EnvRunner(env_state, obs, zeros, zeros.astype(jnp.int32))
+    runner = shard_envs(agent, EnvRunner(env_state, obs, zeros, zeros.astype(jnp.int32)))
     return TrainState(policy_params, critic, runner, stats, key, jnp.array(0), jnp.array(0.0), jnp.array(0.0))
 
 
@@ -556,12 +570,18 @@ def num_updates(config: Config) -> int:
     return config.total_timesteps // (config.num_envs * config.num_steps)
 
 
-def make_train(config: Config, progress: Callable | None = None) -> Callable:
+def make_train(config: Config, progress: Callable | None = None, devices: int = 1) -> Callable:
     """Returns train(key) -> (final TrainState, Metrics with a leading [num_updates] axis).
     The whole run is one lax.scan, so jax.jit(train) compiles once and
-    jax.jit(jax.vmap(train))(keys) trains many seeds. progress(update_index, metrics), if given, is called
-    from inside the jit through jax.debug.callback about every 2% of updates."""
+    jax.jit(jax.vmap(train))(keys) trains many seeds. progress(update_index, metrics), if given,
+    is called from inside the jit through jax.debug.callback about every 2% of updates.
+    devices > 1 splits the num_envs environments over that many devices (SPMD data parallelism)."""
     agent = make_agent(config)
+    if devices > 1:
+        if devices > jax.device_count() or config.num_envs % devices:
+            raise ValueError(f"devices={devices} must divide num_envs={config.num_envs} "
+                             f"and be at most the {jax.device_count()} available")
+        agent = agent._replace(env_mesh=jax.make_mesh((devices,), ("envs",), devices=jax.devices()[:devices]))
     updates = num_updates(config)
     report_every = max(1, updates // 50)
 
@@ -578,6 +598,17 @@ def make_train(config: Config, progress: Callable | None = None) -> Callable:
         return jax.lax.scan(scan_body, state, jnp.arange(updates))
 
     return train
+
+
+SWEEPABLE = ("gamma", "gae_lambda", "max_kl", "cg_damping", "line_search_shrink", "vf_lr", "init_log_std")
+
+
+def make_sweep_train(config: Config, field: str, progress: Callable | None = None) -> Callable:
+    """Returns train(value, key): make_train with config.<field> = value as a traced float, so
+    jax.vmap over values runs a whole hyperparameter sweep as one jitted program."""
+    if field not in SWEEPABLE:
+        raise ValueError(f"cannot sweep {field!r}; sweepable fields: {', '.join(SWEEPABLE)}")
+    return lambda value, key: make_train(dataclasses.replace(config, **{field: value}), progress)(key)
 
 
 def evaluate(config: Config, policy_params: Any, obs_stats: RunningStats, key: jax.Array,
@@ -612,7 +643,8 @@ def save_checkpoint(path: str, config: Config, policy_params: Any, value_params:
     config_dict = {**dataclasses.asdict(config), "hidden_sizes": list(config.hidden_sizes)}
     payload = {"config": config_dict, "policy_params": policy_params, "value_params": value_params,
                "obs_stats": obs_stats._asdict()}
-    data = serialization.msgpack_serialize(jax.tree.map(np.asarray, serialization.to_state_dict(payload)))
+    to_numpy = lambda x: np.asarray(x) if isinstance(x, jax.Array) else x
+    data = serialization.msgpack_serialize(jax.tree.map(to_numpy, serialization.to_state_dict(payload)))
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".msgpack")
     try:
@@ -697,6 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save", metavar="PATH", help="save the first seed's checkpoint (msgpack)")
     parser.add_argument("--load", metavar="PATH", help="load a checkpoint instead of training")
     parser.add_argument("--eval", type=int, default=0, metavar="N", help="deterministic eval episodes")
+    parser.add_argument("--sweep", metavar="FIELD=v1,v2", help=f"vmap a sweep over one of {', '.join(SWEEPABLE)}")
+    parser.add_argument("--devices", default="1", metavar="N|all", help="split num_envs over N devices")
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="disable JAX's persistent compilation cache")
     return parser
@@ -752,31 +786,29 @@ def make_progress_printer(config: Config, num_runs: int, start_time: list[float]
     return progress
 
 
-def write_metrics(path: str, metrics: Metrics) -> None:
-    """Every per-update metric, arrays shaped [seeds, updates], as .json or .csv."""
+def write_metrics(path: str, metrics: Metrics, runs: list[dict[str, Any]]) -> None:
+    """Every per-update metric as .json or .csv; metrics are [runs, updates], runs[i] labels run i."""
     arrays = {name: np.asarray(value) for name, value in metrics._asdict().items()}
     if path.endswith(".json"):
         with open(path, "w") as f:
-            json.dump({name: value.tolist() for name, value in arrays.items()}, f)
+            json.dump({"runs": runs, **{name: value.tolist() for name, value in arrays.items()}}, f)
         return
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["seed", "update", *arrays])
-        seeds, updates = arrays["env_steps"].shape
-        for s in range(seeds):
-            for u in range(updates):
-                writer.writerow([s, u, *(value[s, u].item() for value in arrays.values())])
+        writer.writerow([*runs[0], "update", *arrays])
+        for i, labels in enumerate(runs):
+            for u in range(arrays["env_steps"].shape[1]):
+                writer.writerow([*labels.values(), u, *(value[i, u].item() for value in arrays.values())])
 
 
 def plot_curves(path: str, curves: dict[str, Metrics], title: str) -> None:
-    """Mean +- std over seeds of episode return against env steps, one curve per label."""
+    """Mean +- std over seeds of episode return against env steps; one curve per label, metrics [seeds, updates]."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, metrics in curves.items():
-        steps = np.asarray(metrics.env_steps)[0]
-        returns = np.asarray(metrics.episode_return)
+        steps, returns = np.asarray(metrics.env_steps)[0], np.asarray(metrics.episode_return)
         mean, std = returns.mean(0), returns.std(0)
         ax.plot(steps, mean, label=label)
         ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
@@ -790,12 +822,30 @@ def plot_curves(path: str, curves: dict[str, Metrics], title: str) -> None:
 def run_eval(config: Config, policy_params: Any, obs_stats: RunningStats, episodes: int) -> None:
     returns = np.asarray(jax.jit(lambda p, s, k: evaluate(config, p, s, k, episodes))(
         policy_params, obs_stats, jax.random.PRNGKey(config.seed + 1)))
-    print(f"eval: {episodes} deterministic episodes on {config.env_name}: return {returns.mean():.1f} ± {returns.std():.1f}")
+    print(f"eval: {episodes} deterministic episodes on {config.env_name}: "
+          f"return {returns.mean():.1f} ± {returns.std():.1f}")
+
+
+def parse_sweep(text: str) -> tuple[str, list[float]]:
+    field, _, values = text.partition("=")
+    try:
+        numbers = [float(v) for v in values.split(",")]
+    except ValueError:
+        raise ValueError(f"--sweep expects FIELD=v1,v2,..., got {text!r}") from None
+    if field not in SWEEPABLE:
+        raise ValueError(f"cannot sweep {field!r}; sweepable fields: {', '.join(SWEEPABLE)}")
+    for value in numbers:  # each value must make a valid config
+        validate_config(dataclasses.replace(make_config(Config.env_name), **{field: value}))
+    return field, numbers
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         config, args = parse_cli(argv)
+        sweep = parse_sweep(args.sweep) if args.sweep else None
+        devices = jax.device_count() if args.devices == "all" else int(args.devices)
+        if devices <= 0 or devices > jax.device_count() or config.num_envs % devices:
+            raise ValueError(f"--devices {args.devices}: need 1..{jax.device_count()} dividing num_envs={config.num_envs}")
         architecture = {k: v for k, v in args.explicit.items()
                         if k in ("env_name", "hidden_sizes", "normalize_observations")}
         loaded = load_checkpoint(args.load, architecture) if args.load else None
@@ -809,34 +859,49 @@ def main(argv: list[str] | None = None) -> int:
         run_eval(config, policy_params, obs_stats, max(args.eval, 1))
         return 0
 
-    start_time = [0.0]
-    progress = None if args.quiet else make_progress_printer(config, args.seeds, start_time)
-    train = jax.jit(jax.vmap(make_train(config, progress)))
     keys = jax.random.split(jax.random.PRNGKey(config.seed), args.seeds)
-    print(f"TRPO on {config.env_name}: {args.seeds} seed(s) x {num_updates(config)} updates x "
-          f"{config.num_envs * config.num_steps} steps", flush=True)
+    values = sweep[1] if sweep else [None]
+    start_time = [0.0]
+    progress = None if args.quiet else make_progress_printer(config, args.seeds * len(values), start_time)
+    if sweep:  # [values, seeds] runs in one jit
+        one = make_sweep_train(config, sweep[0], progress)
+        train = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
+        inputs = (jnp.asarray(values, jnp.float32), keys)
+    else:
+        train, inputs = jax.jit(jax.vmap(make_train(config, progress, devices))), (keys,)
+    print(f"TRPO on {config.env_name}: {len(values)} value(s) x {args.seeds} seed(s) x "
+          f"{num_updates(config)} updates x {config.num_envs * config.num_steps} steps", flush=True)
     t0 = time.perf_counter()
-    compiled = train.lower(keys).compile()
+    compiled = train.lower(*inputs).compile()
     compile_time = time.perf_counter() - t0
     start_time[0] = time.perf_counter()
-    state, metrics = jax.block_until_ready(compiled(keys))
+    state, metrics = jax.block_until_ready(compiled(*inputs))
     run_time = time.perf_counter() - start_time[0]
+    # Uniform shape: [values, seeds, updates].
+    metrics = jax.tree.map(lambda x: np.asarray(x).reshape(len(values), args.seeds, -1), metrics)
+    state = jax.tree.map(lambda x: x.reshape(len(values) * args.seeds, *x.shape[1 + bool(sweep):]), state)
 
-    final = np.asarray(metrics.episode_return[:, -1])
-    steps = int(metrics.env_steps[0, -1])
-    print(f"final mean return {final.mean():.1f} ± {final.std():.1f} over {args.seeds} seed(s) "
-          f"[{', '.join(f'{r:.1f}' for r in final)}]")
+    for value, run_metrics in zip(values, (jax.tree.map(lambda x: x[i], metrics) for i in range(len(values)))):
+        final = run_metrics.episode_return[:, -1]
+        label = f"{sweep[0]}={value:g}: " if sweep else ""
+        print(f"{label}final mean return {final.mean():.1f} ± {final.std():.1f} over {args.seeds} seed(s) "
+              f"[{', '.join(f'{r:.1f}' for r in final)}]")
+    steps = int(metrics.env_steps[0, 0, -1])
     print(f"line-search acceptance {float(np.mean(metrics.line_search_accepted)):.2f}; "
           f"wall time {compile_time + run_time:.1f} s = compile {compile_time:.1f} s + run {run_time:.1f} s "
-          f"({steps * args.seeds / run_time:,.0f} steps/s)")
+          f"({steps * len(values) * args.seeds / run_time:,.0f} steps/s)")
     if args.metrics:
-        write_metrics(args.metrics, metrics)
+        runs = [({sweep[0]: v} if sweep else {}) | {"seed": config.seed, "seed_index": s}
+                for v in values for s in range(args.seeds)]
+        write_metrics(args.metrics, jax.tree.map(lambda x: x.reshape(len(runs), -1), metrics), runs)
     if args.plot:
-        plot_curves(args.plot, {f"trpo.py ({args.seeds} seeds)": metrics}, config.env_name)
+        curves = {(f"{sweep[0]}={v:g}" if sweep else f"trpo.py ({args.seeds} seeds)"):
+                  jax.tree.map(lambda x: x[i], metrics) for i, v in enumerate(values)}
+        plot_curves(args.plot, curves, config.env_name)
     first = jax.tree.map(lambda x: x[0], state)
     if args.save:
         save_checkpoint(args.save, config, first.policy_params, first.critic.params, first.obs_stats)
-        print(f"saved checkpoint to {args.save}")
+        print(f"saved checkpoint (first seed) to {args.save}")
     if args.eval:
         run_eval(config, first.policy_params, first.obs_stats, args.eval)
     return 0
