@@ -20,6 +20,9 @@ import tempfile
 import time
 from typing import Any, Callable, NamedTuple
 
+if __name__ == "__main__":  # as a script, hide XLA's C++ log lines (the compile cache's notices)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 import chex
 import flax.linen as nn
 import gymnax
@@ -185,7 +188,8 @@ class ValueNetwork(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        out = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(torso(obs, self.hidden_sizes))
+        # A zero output layer starts V at 0: with all-zero rewards the advantages stay exactly 0.
+        out = nn.Dense(1, kernel_init=nn.initializers.zeros)(torso(obs, self.hidden_sizes))
         return out[..., 0]
 
 
@@ -581,7 +585,8 @@ def make_train(config: Config, progress: Callable | None = None, devices: int = 
         if devices > jax.device_count() or config.num_envs % devices:
             raise ValueError(f"devices={devices} must divide num_envs={config.num_envs} "
                              f"and be at most the {jax.device_count()} available")
-        agent = agent._replace(env_mesh=jax.make_mesh((devices,), ("envs",), devices=jax.devices()[:devices]))
+        agent = agent._replace(env_mesh=jax.make_mesh((devices,), ("envs",), devices=jax.devices()[:devices],
+                                                     axis_types=(jax.sharding.AxisType.Auto,)))
     updates = num_updates(config)
     report_every = max(1, updates // 50)
 
@@ -843,6 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, args = parse_cli(argv)
         sweep = parse_sweep(args.sweep) if args.sweep else None
+        make_agent(config)  # rejects an unsupported action space
         devices = jax.device_count() if args.devices == "all" else int(args.devices)
         if devices <= 0 or devices > jax.device_count() or config.num_envs % devices:
             raise ValueError(f"--devices {args.devices}: need 1..{jax.device_count()} dividing num_envs={config.num_envs}")
