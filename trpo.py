@@ -63,14 +63,16 @@ class Config:
 
 # Per-env overrides of the defaults above, applied by make_config; each with its reason.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Longer budget; the zoo normalizes observations.
-    "Acrobot-v1": dict(total_timesteps=200_000, normalize_observations=True),
+    # Longer budget; the zoo normalizes observations; max_kl 0.02 ended at -85 to -90 over
+    # 2 x 8 seeds where 0.01 ended near -100.
+    "Acrobot-v1": dict(total_timesteps=200_000, normalize_observations=True, max_kl=0.02),
     # Sparse reward: the zoo normalizes observations.
     "MountainCar-v0": dict(normalize_observations=True),
     # gamma 0.9 as the zoo. Batches of 4096 (32 x 128) steady the noisy continuous-action
-    # gradient: 16 x 128 and 32 x 64 ended lower and less stable in our 4-seed sweeps.
-    "Pendulum-v1": dict(gamma=0.9, gae_lambda=0.95, num_envs=32, num_steps=128,
-                        total_timesteps=1_000_000, init_log_std=-0.5),
+    # gradient: 16 x 128 and 32 x 64 ended lower in 4-seed sweeps. A stronger critic
+    # (20 epochs, lr 3e-3) lifted the 4-seed final return from -253 to -203.
+    "Pendulum-v1": dict(gamma=0.9, gae_lambda=0.95, num_envs=32, num_steps=128, total_timesteps=1_000_000,
+                        init_log_std=-0.5, vf_epochs=20, vf_lr=3e-3),
     "MountainCarContinuous-v0": dict(normalize_observations=True, total_timesteps=50_000),
 }
 
