@@ -1,0 +1,100 @@
+"""trpo.py training throughput against the raw rollout limit, side by side in one run.
+
+The limit: the same gymnax env, the same policy network sampling actions, the same num_envs, in one
+lax.scan, with no learning. Also prints the compile time of train, and what --progress costs
+against --quiet. Runs unchanged on a CPU or a GPU.
+
+    python bench/throughput.py --env CartPole-v1 --grid 8,32,128,512,2048
+"""
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import trpo  # noqa: E402
+
+
+def raw_rollout_fn(config: trpo.Config, total_steps: int):
+    """Policy sampling + env.step for total_steps env steps, no learning."""
+    agent = trpo.make_agent(config)
+    state = trpo.init_train_state(agent, config, jax.random.PRNGKey(0))
+    action_shape = agent.env.action_space(agent.env_params).shape
+    step_env = jax.vmap(agent.env.step, in_axes=(0, 0, 0, None))
+
+    def step(carry, key):
+        env_state, obs = carry
+        act_key, env_key = jax.random.split(key)
+        action = trpo.sample(agent.policy.apply(state.policy_params, obs), act_key)
+        env_actions = jax.vmap(lambda a: trpo.env_action(agent, a, action_shape))(action)
+        obs, env_state, reward, *_ = step_env(jax.random.split(env_key, config.num_envs), env_state,
+                                              env_actions, agent.env_params)
+        return (env_state, trpo.flat_obs(obs, config.num_envs)), reward.sum()
+
+    def run(key):
+        carry = (state.runner.env_state, state.runner.obs)
+        return jax.lax.scan(step, carry, jax.random.split(key, total_steps // config.num_envs))[1].sum()
+
+    return jax.jit(run)
+
+
+def timed(fn, *args, repeats=3):
+    jax.block_until_ready(fn(*args))  # compile + warm
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--grid", default="8,32,128,512,2048")
+    parser.add_argument("--num_steps", type=int, default=128)
+    parser.add_argument("--updates", type=int, default=10)
+    args = parser.parse_args()
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, env {args.env}")
+    print(f"{'num_envs':>8} {'batch':>8} {'train steps/s':>14} {'rollout steps/s':>16} {'train/limit':>12} {'compile s':>10}")
+    for num_envs in map(int, args.grid.split(",")):
+        batch = num_envs * args.num_steps
+        config = trpo.make_config(args.env, num_envs=num_envs, num_steps=args.num_steps,
+                                  total_timesteps=args.updates * batch, vf_minibatches=4)
+        train = jax.jit(trpo.make_train(config))
+        key = jax.random.PRNGKey(0)
+        start = time.perf_counter()
+        compiled = train.lower(key).compile()
+        compile_time = time.perf_counter() - start
+        train_time = timed(compiled, key)
+        raw_time = timed(raw_rollout_fn(config, args.updates * batch), key)
+        steps = args.updates * batch
+        print(f"{num_envs:>8} {batch:>8} {steps / train_time:>14,.0f} {steps / raw_time:>16,.0f} "
+              f"{raw_time / train_time:>12.3f} {compile_time:>10.1f}", flush=True)
+
+    # Progress callback cost: the default CartPole run with and without progress, alternated.
+    config = trpo.make_config(args.env)
+    printer = trpo.make_progress_printer(config, 1, [time.perf_counter()])
+    quiet = jax.jit(trpo.make_train(config))
+    loud = jax.jit(trpo.make_train(config, lambda i, m: None))  # the callback machinery, no printing
+    loud_print = jax.jit(trpo.make_train(config, printer))
+    key = jax.random.PRNGKey(0)
+    for fn in (quiet, loud, loud_print):
+        jax.block_until_ready(fn(key))
+    times = {"quiet": [], "callback": [], "printing": []}
+    for _ in range(5):
+        for name, fn in (("quiet", quiet), ("callback", loud), ("printing", loud_print)):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(key))
+            times[name].append(time.perf_counter() - start)
+    q = min(times["quiet"])
+    print(f"progress overhead ({args.env} defaults, best of 5 alternated): callback only "
+          f"{min(times['callback']) / q - 1:+.1%}, printing {min(times['printing']) / q - 1:+.1%} "
+          f"(quiet run {q:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()

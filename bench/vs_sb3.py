@@ -1,0 +1,126 @@
+"""sb3-contrib TRPO against trpo.py: same envs, budgets and seed counts, alternated in one run.
+
+Each side runs in its own process, and its wall clock (imports and compilation included) is
+measured from here. After training, each seed gets 10 deterministic evaluation episodes.
+
+    pip install -r requirements.txt -r bench/requirements.txt
+    python bench/vs_sb3.py --seeds 8 --envs CartPole-v1,Acrobot-v1,MountainCar-v0,Pendulum-v1,MountainCarContinuous-v0
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# rl-baselines3-zoo hyperparams/trpo.yml. Every entry: policy MlpPolicy, n_envs 2.
+ZOO = {
+    "CartPole-v1": dict(budget=100_000, n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98,
+                        gamma=0.99, learning_rate=1e-3, n_critic_updates=20),  # zoo trpo.yml CartPole-v1
+    "Acrobot-v1": dict(budget=100_000, normalize=True, n_steps=1024),  # zoo trpo.yml Acrobot-v1
+    "MountainCar-v0": dict(budget=100_000, normalize=True, n_steps=1024, n_critic_updates=20),  # zoo MountainCar-v0
+    "Pendulum-v1": dict(budget=100_000, n_steps=1024, gamma=0.9, n_critic_updates=15, use_sde=True,
+                        sde_sample_freq=4),  # zoo trpo.yml Pendulum-v1
+    "MountainCarContinuous-v0": dict(budget=50_000, normalize=True, use_sde=True,
+                                     sde_sample_freq=4),  # zoo trpo.yml MountainCarContinuous-v0
+}
+
+
+def sb3_worker(env_name: str, seeds: int) -> dict:
+    import gymnasium as gym
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    settings = dict(ZOO[env_name])
+    budget, normalize = settings.pop("budget"), settings.pop("normalize", False)
+
+    class Curve(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.points = []
+
+        def _on_step(self):
+            for info in self.locals["infos"]:
+                if "episode" in info:
+                    self.points.append((self.num_timesteps, float(info["episode"]["r"])))
+            return True
+
+    finals, curves = [], []
+    for seed in range(seeds):
+        env = make_vec_env(env_name, n_envs=2, seed=seed)  # zoo: n_envs 2
+        if normalize:
+            env = VecNormalize(env, gamma=settings.get("gamma", 0.99))
+        model = TRPO("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **settings)
+        curve = Curve()
+        model.learn(budget, callback=curve)
+        eval_env = make_vec_env(env_name, n_envs=1, seed=10_000 + seed)
+        if normalize:
+            eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
+            eval_env.obs_rms = env.obs_rms
+        returns = []
+        obs = eval_env.reset()
+        while len(returns) < 10:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, _, done, info = eval_env.step(action)
+            if done[0]:
+                returns.append(float(info[0]["episode"]["r"]))
+        finals.append(float(np.mean(returns)))
+        curves.append(curve.points)
+    return {"finals": finals, "curves": curves}
+
+
+def trpo_worker(env_name: str, seeds: int) -> dict:
+    sys.path.insert(0, ROOT)
+    import jax
+    import trpo
+
+    config = trpo.make_config(env_name, total_timesteps=ZOO[env_name]["budget"])
+    keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+    state, metrics = jax.jit(jax.vmap(trpo.make_train(config)))(keys)
+    evaluate = jax.jit(jax.vmap(lambda p, s, k: trpo.evaluate(config, p, s, k, 10)))
+    returns = np.asarray(evaluate(state.policy_params, state.obs_stats, jax.random.split(jax.random.PRNGKey(1), seeds)))
+    return {"finals": returns.mean(1).tolist(), "steps": np.asarray(metrics.env_steps[0]).tolist(),
+            "returns": np.asarray(metrics.episode_return).tolist()}
+
+
+def run_worker(side: str, env_name: str, seeds: int) -> tuple[dict, float]:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--worker", side, "--envs", env_name, "--seeds", str(seeds)],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return json.loads(out.stdout.strip().splitlines()[-1]), time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--envs", default=",".join(ZOO))
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--worker", choices=["sb3", "trpo"])
+    parser.add_argument("--out", default=os.path.join(HERE, "vs_sb3.json"))
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps((sb3_worker if args.worker == "sb3" else trpo_worker)(args.envs, args.seeds)))
+        return
+    results = {}
+    print(f"{'env':26} {'steps':>7} {'seeds':>5} {'sb3-contrib':>16} {'trpo.py':>16} {'sb3 s':>7} {'trpo s':>7} {'ratio':>6}")
+    for env_name in args.envs.split(","):
+        # Alternate the order per env so neither side always runs first.
+        order = ("sb3", "trpo") if len(results) % 2 == 0 else ("trpo", "sb3")
+        runs = {side: run_worker(side, env_name, args.seeds) for side in order}
+        results[env_name] = {side: {**out, "wall_s": wall} for side, (out, wall) in runs.items()}
+        fmt = lambda side: f"{np.mean(runs[side][0]['finals']):7.1f} ± {np.std(runs[side][0]['finals']):6.1f}"
+        print(f"{env_name:26} {ZOO[env_name]['budget']:>7} {args.seeds:>5} {fmt('sb3'):>16} {fmt('trpo'):>16} "
+              f"{runs['sb3'][1]:>7.1f} {runs['trpo'][1]:>7.1f} {runs['sb3'][1] / runs['trpo'][1]:>5.1f}x", flush=True)
+        with open(args.out, "w") as f:
+            json.dump(results, f)
+
+
+if __name__ == "__main__":
+    main()
