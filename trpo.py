@@ -63,17 +63,19 @@ class Config:
 
 # Per-env overrides of the defaults above, applied by make_config; each with its reason.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Longer budget; the zoo normalizes observations; max_kl 0.02 ended at -85 to -90 over
-    # 2 x 8 seeds where 0.01 ended near -100.
-    "Acrobot-v1": dict(total_timesteps=200_000, normalize_observations=True, max_kl=0.02),
-    # Sparse reward: the zoo normalizes observations.
-    "MountainCar-v0": dict(normalize_observations=True),
-    # gamma 0.9 as the zoo. Batches of 4096 (32 x 128) steady the noisy continuous-action
-    # gradient: 16 x 128 and 32 x 64 ended lower in 4-seed sweeps. A stronger critic
-    # (20 epochs, lr 3e-3) lifted the 4-seed final return from -253 to -203.
-    "Pendulum-v1": dict(gamma=0.9, gae_lambda=0.95, num_envs=32, num_steps=128, total_timesteps=1_000_000,
-                        init_log_std=-0.5, vf_epochs=20, vf_lr=3e-3),
-    "MountainCarContinuous-v0": dict(normalize_observations=True, total_timesteps=50_000),
+    # Budgets are the zoo's. Every other choice below won an 8-seed `--sweep` at that budget.
+    # The zoo normalizes observations; max_kl 0.02 gave -87 +- 6 where 0.01 gave -257 +- 166.
+    "Acrobot-v1": dict(normalize_observations=True, max_kl=0.02),
+    # The zoo normalizes observations; a stronger critic (20 epochs, lr 3e-3) and max_kl 0.02
+    # took the final return from -171 +- 38 to -120 +- 21.
+    "MountainCar-v0": dict(normalize_observations=True, max_kl=0.02, vf_epochs=20, vf_lr=3e-3),
+    # gamma 0.9 as the zoo. Small batches (4 x 256) learn far sooner than 32 x 128; lambda 0.95
+    # and the stronger critic: -181 +- 41 at 100k steps.
+    "Pendulum-v1": dict(gamma=0.9, gae_lambda=0.95, num_envs=4, num_steps=256, init_log_std=-0.5,
+                        vf_epochs=20, vf_lr=3e-3),
+    # The zoo normalizes observations. Wide initial exploration (log std 0.75) finds the goal:
+    # 8 of 8 seeds reach ~93, against 1 of 8 at -0.5.
+    "MountainCarContinuous-v0": dict(normalize_observations=True, total_timesteps=50_000, init_log_std=0.75),
 }
 
 
@@ -590,7 +592,7 @@ def make_train(config: Config, progress: Callable | None = None, devices: int = 
         agent = agent._replace(env_mesh=jax.make_mesh((devices,), ("envs",), devices=jax.devices()[:devices],
                                                      axis_types=(jax.sharding.AxisType.Auto,)))
     updates = num_updates(config)
-    report_every = max(1, updates // 50)
+    report_every = max(1, math.ceil(updates / 50))
 
     def scan_body(state: TrainState, index: jax.Array):
         state, metrics = update_step(agent, config, state)
