@@ -531,3 +531,22 @@ def test_multi_device_matches_single_device():
     out = json.loads(result.stdout.strip().splitlines()[-1])
     for one, four in zip(out["1"], out["4"]):
         np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- bench smoke (no torch)
+def load_bench(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(HERE, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_scripts_run_on_a_tiny_budget():
+    config = tiny_config()
+    throughput = load_bench("throughput")
+    total_reward = float(throughput.raw_rollout_fn(config, 4 * 16)(jax.random.PRNGKey(0)))
+    assert 0 < total_reward <= 4 * 16  # CartPole pays at most 1 per step
+    times = load_bench("phases").profile(config)
+    assert set(times) == {"rollout", "trust-region step", "critic"} and all(t > 0 for t in times.values())
+    assert "CartPole-v1" in load_bench("vs_sb3").ZOO  # importable without torch

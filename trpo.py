@@ -49,6 +49,7 @@ class Config:
     cg_iters: int = 10  # conjugate-gradient iterations (paper, Spinning Up)
     cg_damping: float = 0.1  # Fisher damping (sb3, Spinning Up)
     cg_residual_tol: float = 1e-10  # stop CG once r^T r falls below this
+    fisher_subsample: int = 1  # Fisher-vector products use every k-th sample (baselines: 5)
     line_search_steps: int = 10  # backtracking attempts (sb3, Spinning Up)
     line_search_shrink: float = 0.8  # step shrink per backtrack (sb3, Spinning Up)
     vf_lr: float = 1e-3  # critic Adam learning rate (zoo)
@@ -91,7 +92,7 @@ def validate_config(config: Config) -> None:
         raise ValueError(f"unknown env {config.env_name!r}; valid: {', '.join(gymnax.registered_envs)}")
     concrete = lambda name: not isinstance(getattr(config, name), jax.core.Tracer)  # sweeps trace some
     for name in ("num_envs", "num_steps", "total_timesteps", "cg_iters", "line_search_steps",
-                 "vf_epochs", "vf_minibatches"):
+                 "vf_epochs", "vf_minibatches", "fisher_subsample"):
         if concrete(name) and getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
     if not config.hidden_sizes or min(config.hidden_sizes) <= 0:
@@ -466,7 +467,10 @@ def trpo_step(policy_apply: Callable, params: Any, batch: PolicyBatch, config: C
     old_dist = jax.lax.stop_gradient(policy_apply(params, batch.obs))
     surrogate_fn = lambda theta: surrogate(policy_apply, unravel(theta), batch)
     kl_fn = lambda theta: mean_kl(policy_apply, unravel(theta), old_dist, batch.obs)
-    fvp = lambda v: fisher_vector_product(kl_fn, theta_old, v, config.cg_damping)
+    every = config.fisher_subsample  # the Fisher may use a subsample; the KL check never does
+    fisher_dist, fisher_obs = jax.tree.map(lambda x: x[::every], old_dist), batch.obs[::every]
+    fisher_kl = lambda theta: mean_kl(policy_apply, unravel(theta), fisher_dist, fisher_obs)
+    fvp = lambda v: fisher_vector_product(fisher_kl, theta_old, v, config.cg_damping)
 
     grad = jax.grad(surrogate_fn)(theta_old)
     grad = jnp.where(jnp.all(jnp.isfinite(grad)), grad, 0.0)
@@ -817,8 +821,9 @@ def plot_curves(path: str, curves: dict[str, Metrics], title: str) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, metrics in curves.items():
-        steps, returns = np.asarray(metrics.env_steps)[0], np.asarray(metrics.episode_return)
-        mean, std = returns.mean(0), returns.std(0)
+        steps, returns = np.asarray(metrics.env_steps)[0], np.asarray(metrics.episode_return, np.float64)
+        returns[np.cumsum(metrics.episodes_finished, -1) == 0] = np.nan  # no episode has ended yet
+        mean, std = np.nanmean(returns, 0), np.nanstd(returns, 0)
         ax.plot(steps, mean, label=label)
         ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
     ax.set(xlabel="env steps", ylabel="episode return", title=title)

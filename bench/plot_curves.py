@@ -16,9 +16,12 @@ results = json.load(open(os.path.join(HERE, "vs_sb3.json")))
 fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.4), squeeze=False)
 for ax, (env_name, sides) in zip(axes[0], results.items()):
     steps = np.asarray(sides["trpo"]["steps"])
-    returns = np.asarray(sides["trpo"]["returns"])
-    ax.plot(steps, returns.mean(0), label="trpo.py")
-    ax.fill_between(steps, returns.mean(0) - returns.std(0), returns.mean(0) + returns.std(0), alpha=0.25)
+    returns = np.asarray(sides["trpo"]["returns"], np.float64)
+    # Before a seed's first finished episode its logged return is a placeholder 0: not drawn.
+    returns[np.cumsum(returns != 0, 1) == 0] = np.nan
+    mean, std = np.nanmean(returns, 0), np.nanstd(returns, 0)
+    ax.plot(steps, mean, label="trpo.py")
+    ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
     grid = np.linspace(steps[0], steps[-1], 25)
     # sb3: each seed's episode returns, carried forward onto a common step grid.
     per_seed = []

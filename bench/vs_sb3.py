@@ -93,8 +93,9 @@ def trpo_worker(env_name: str, seeds: int) -> dict:
 def run_worker(side: str, env_name: str, seeds: int) -> tuple[dict, float]:
     start = time.perf_counter()
     out = subprocess.run([sys.executable, __file__, "--worker", side, "--envs", env_name, "--seeds", str(seeds)],
-                         capture_output=True, text=True, check=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if out.returncode:
+        raise SystemExit(f"{side} worker failed on {env_name}:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1]), time.perf_counter() - start
 
 
@@ -104,11 +105,12 @@ def main():
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--worker", choices=["sb3", "trpo"])
     parser.add_argument("--out", default=os.path.join(HERE, "vs_sb3.json"))
+    parser.add_argument("--append", action="store_true", help="keep the envs already in --out")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps((sb3_worker if args.worker == "sb3" else trpo_worker)(args.envs, args.seeds)))
         return
-    results = {}
+    results = json.load(open(args.out)) if args.append and os.path.exists(args.out) else {}
     print(f"{'env':26} {'steps':>7} {'seeds':>5} {'sb3-contrib':>16} {'trpo.py':>16} {'sb3 s':>7} {'trpo s':>7} {'ratio':>6}")
     for env_name in args.envs.split(","):
         # Alternate the order per env so neither side always runs first.
