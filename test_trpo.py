@@ -550,3 +550,23 @@ def test_bench_scripts_run_on_a_tiny_budget():
     times = load_bench("phases").profile(config)
     assert set(times) == {"rollout", "trust-region step", "critic"} and all(t > 0 for t in times.values())
     assert "CartPole-v1" in load_bench("vs_sb3").ZOO  # importable without torch
+
+
+def test_reward_scaling_statistics_match_python_loop():
+    """normalize_rewards: the return statistics are those of sum_k gamma^k r, reset at episode ends."""
+    config = tiny_config(normalize_rewards=True, gamma=0.9)
+    agent = trpo.make_agent(config)
+    state = trpo.init_train_state(agent, config, jax.random.PRNGKey(0))
+    _, rollout_key, _ = jax.random.split(state.key, 3)
+    _, transitions = trpo.rollout(agent, state, rollout_key, config)
+    rewards = np.asarray(transitions.reward)
+    done = np.asarray(transitions.terminated | transitions.truncated)
+    running, returns = np.zeros(config.num_envs), []
+    for t in range(config.num_steps):
+        running = running * 0.9 + rewards[t]
+        returns.append(running.copy())
+        running[done[t]] = 0.0
+    new_state, metrics = trpo.update_step(agent, config, state)
+    expected = trpo.update_running_stats(state.return_stats, jnp.asarray(np.concatenate(returns))[:, None])
+    np.testing.assert_allclose(np.asarray(new_state.return_stats.var), np.asarray(expected.var), rtol=1e-5)
+    assert np.isfinite(float(metrics.value_loss))
