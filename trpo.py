@@ -101,9 +101,15 @@ def validate_config(config: Config) -> None:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
     if not config.hidden_sizes or min(config.hidden_sizes) <= 0:
         raise ValueError(f"hidden_sizes must be positive, got {config.hidden_sizes}")
+    for name in ("gamma", "gae_lambda", "max_kl", "cg_damping", "cg_residual_tol", "line_search_shrink",
+                 "vf_lr", "init_log_std"):
+        if concrete(name) and not math.isfinite(getattr(config, name)):
+            raise ValueError(f"{name} must be finite, got {getattr(config, name)}")
     for name in ("max_kl", "vf_lr", "line_search_shrink"):
         if concrete(name) and not getattr(config, name) > 0:
             raise ValueError(f"{name} must be > 0, got {getattr(config, name)}")
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {config.seed}")
     if concrete("cg_damping") and not config.cg_damping >= 0:
         raise ValueError(f"cg_damping must be >= 0, got {config.cg_damping}")
     for name in ("gamma", "gae_lambda", "line_search_shrink"):
@@ -634,12 +640,12 @@ def make_train(config: Config, progress: Callable | None = None, devices: int = 
 SWEEPABLE = ("gamma", "gae_lambda", "max_kl", "cg_damping", "line_search_shrink", "vf_lr", "init_log_std")
 
 
-def make_sweep_train(config: Config, field: str, progress: Callable | None = None) -> Callable:
+def make_sweep_train(config: Config, field: str, progress: Callable | None = None, devices: int = 1) -> Callable:
     """Returns train(value, key): make_train with config.<field> = value as a traced float, so
     jax.vmap over values runs a whole hyperparameter sweep as one jitted program."""
     if field not in SWEEPABLE:
         raise ValueError(f"cannot sweep {field!r}; sweepable fields: {', '.join(SWEEPABLE)}")
-    return lambda value, key: make_train(dataclasses.replace(config, **{field: value}), progress)(key)
+    return lambda value, key: make_train(dataclasses.replace(config, **{field: value}), progress, devices)(key)
 
 
 def evaluate(config: Config, policy_params: Any, obs_stats: RunningStats, key: jax.Array,
@@ -707,12 +713,14 @@ def load_checkpoint(path: str, expect: dict[str, Any] | None = None) -> tuple[Co
         if getattr(config, field) != value:
             raise ValueError(f"checkpoint {path} has {field}={getattr(config, field)!r}, "
                              f"but this run asks for {field}={value!r}")
-    agent = make_agent(config)
-    template = jax.eval_shape(lambda k: init_train_state(agent, config, k), jax.random.PRNGKey(0))
     try:
+        agent = make_agent(config)
+        template = jax.eval_shape(lambda k: init_train_state(agent, config, k), jax.random.PRNGKey(0))
         policy_params = serialization.from_state_dict(template.policy_params, raw["policy_params"])
         value_params = serialization.from_state_dict(template.critic.params, raw["value_params"])
         obs_stats = RunningStats(**{k: jnp.asarray(v) for k, v in raw["obs_stats"].items()})
+        if obs_stats.mean.shape != (agent.obs_dim,) or obs_stats.var.shape != (agent.obs_dim,):
+            raise ValueError(f"observation statistics of shape {obs_stats.mean.shape}, expected ({agent.obs_dim},)")
         for got, want in zip(jax.tree.leaves((policy_params, value_params)),
                              jax.tree.leaves((template.policy_params, template.critic.params))):
             if np.shape(got) != want.shape:
@@ -738,9 +746,13 @@ def parse_sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def raise_value_error(message: str) -> None:
+    raise ValueError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trpo.py", exit_on_error=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="trpo.py", exit_on_error=False, allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="TRPO + GAE on gymnax, one jitted function. Defaults below are Config's; "
                     f"presets override them per env: {', '.join(PRESETS)}.")
     parser.add_argument("--env", dest="env_name", default=None, help=f"gymnax env name (default: {Config.env_name})")
@@ -759,11 +771,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", metavar="PATH", help="write per-update metrics (.csv or .json)")
     parser.add_argument("--save", metavar="PATH", help="save the first seed's checkpoint (msgpack)")
     parser.add_argument("--load", metavar="PATH", help="load a checkpoint instead of training")
-    parser.add_argument("--eval", type=int, default=0, metavar="N", help="deterministic eval episodes")
+    parser.add_argument("--eval", type=int, default=0, metavar="N",
+                        help="deterministic eval episodes after training (with --load: default 10)")
     parser.add_argument("--sweep", metavar="FIELD=v1,v2", help=f"vmap a sweep over one of {', '.join(SWEEPABLE)}")
     parser.add_argument("--devices", default="1", metavar="N|all", help="split num_envs over N devices")
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="disable JAX's persistent compilation cache")
+    parser.error = raise_value_error  # one-line errors (exit code 2 in main) instead of usage + exit
     return parser
 
 
@@ -778,12 +792,16 @@ def parse_cli(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                  if f.name != "env_name" and getattr(args, f.name) is not None}
-    config = make_config(args.env_name or Config.env_name, **overrides)
+    config = make_config(Config.env_name if args.env_name is None else args.env_name, **overrides)
     args.explicit = {**overrides, **({"env_name": args.env_name} if args.env_name else {})}
     if args.seeds <= 0:
         raise ValueError(f"--seeds must be positive, got {args.seeds}")
     if args.eval < 0:
         raise ValueError(f"--eval must be >= 0, got {args.eval}")
+    for flag in ("plot", "metrics", "save"):
+        path = getattr(args, flag)
+        if path and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+            raise ValueError(f"--{flag} {path}: its directory does not exist or is not writable")
     validate_config(config)
     return config, args
 
@@ -858,7 +876,7 @@ def run_eval(config: Config, policy_params: Any, obs_stats: RunningStats, episod
           f"return {returns.mean():.1f} ± {returns.std():.1f}")
 
 
-def parse_sweep(text: str) -> tuple[str, list[float]]:
+def parse_sweep(text: str, config: Config) -> tuple[str, list[float]]:
     field, _, values = text.partition("=")
     try:
         numbers = [float(v) for v in values.split(",")]
@@ -867,14 +885,14 @@ def parse_sweep(text: str) -> tuple[str, list[float]]:
     if field not in SWEEPABLE:
         raise ValueError(f"cannot sweep {field!r}; sweepable fields: {', '.join(SWEEPABLE)}")
     for value in numbers:  # each value must make a valid config
-        validate_config(dataclasses.replace(make_config(Config.env_name), **{field: value}))
+        validate_config(dataclasses.replace(config, **{field: value}))
     return field, numbers
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         config, args = parse_cli(argv)
-        sweep = parse_sweep(args.sweep) if args.sweep else None
+        sweep = parse_sweep(args.sweep, config) if args.sweep else None
         make_agent(config)  # rejects an unsupported action space
         devices = jax.device_count() if args.devices == "all" else int(args.devices)
         if devices <= 0 or devices > jax.device_count() or config.num_envs % devices:
@@ -883,13 +901,13 @@ def main(argv: list[str] | None = None) -> int:
                         if k in ("env_name", "hidden_sizes", "normalize_observations")}
         loaded = load_checkpoint(args.load, architecture) if args.load else None
     except ValueError as error:
-        print(f"trpo.py: error: {error}", file=sys.stderr)
+        print(f"trpo.py: error: {' '.join(str(error).split())}", file=sys.stderr)  # always one line
         return 2
     if not args.no_compile_cache:
         enable_compile_cache()
     if loaded is not None:
         config, policy_params, _, obs_stats = loaded
-        run_eval(config, policy_params, obs_stats, max(args.eval, 1))
+        run_eval(config, policy_params, obs_stats, args.eval or 10)
         return 0
 
     keys = jax.random.split(jax.random.PRNGKey(config.seed), args.seeds)
@@ -897,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     start_time = [0.0]
     progress = None if args.quiet else make_progress_printer(config, args.seeds * len(values), start_time)
     if sweep:  # [values, seeds] runs in one jit
-        one = make_sweep_train(config, sweep[0], progress)
+        one = make_sweep_train(config, sweep[0], progress, devices)
         train = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
         inputs = (jnp.asarray(values, jnp.float32), keys)
     else:
