@@ -60,7 +60,7 @@ class Config:
     normalize_observations: bool = False  # running mean/var; on in the presets where the zoo normalizes
     normalize_rewards: bool = False  # divide rewards by the running std of the discounted return (as VecNormalize)
     init_log_std: float = 0.0  # Gaussian policies: initial log standard deviation
-    seed: int = 0
+    seed: int = 0  # PRNG seed; --seeds N trains N keys split from it
 
 
 # Per-env overrides of the defaults above, applied by make_config; each with its reason.
@@ -750,13 +750,21 @@ def raise_value_error(message: str) -> None:
     raise ValueError(message)
 
 
+def config_comments() -> dict[str, str]:
+    """The '# ...' comment after each Config field, reused as that flag's --help text."""
+    import inspect
+    import re
+    return dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(Config), re.M))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="trpo.py", exit_on_error=False, allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="trpo.py", exit_on_error=False, allow_abbrev=False,
         description="TRPO + GAE on gymnax, one jitted function. Defaults below are Config's; "
                     f"presets override them per env: {', '.join(PRESETS)}.")
     parser.add_argument("--env", dest="env_name", default=None, help=f"gymnax env name (default: {Config.env_name})")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds trained at once with vmap")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds trained at once with vmap (default: 1)")
+    comments = config_comments()
     for field in dataclasses.fields(Config):
         if field.name == "env_name":
             continue
@@ -765,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
             kind = int
         default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
         parser.add_argument(f"--{field.name}", type=kind, default=None,
-                            help=f"(default: {default}, or the env preset)")
+                            help=f"{comments.get(field.name, '')} (default: {default}, or the env preset)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument("--plot", metavar="PATH.png", help="save the learning curve")
     parser.add_argument("--metrics", metavar="PATH", help="write per-update metrics (.csv or .json)")
@@ -774,7 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval", type=int, default=0, metavar="N",
                         help="deterministic eval episodes after training (with --load: default 10)")
     parser.add_argument("--sweep", metavar="FIELD=v1,v2", help=f"vmap a sweep over one of {', '.join(SWEEPABLE)}")
-    parser.add_argument("--devices", default="1", metavar="N|all", help="split num_envs over N devices")
+    parser.add_argument("--devices", default="1", metavar="N|all", help="split num_envs over N devices (default: 1)")
     parser.add_argument("--no-compile-cache", action="store_true",
                         help="disable JAX's persistent compilation cache")
     parser.error = raise_value_error  # one-line errors (exit code 2 in main) instead of usage + exit
