@@ -225,7 +225,10 @@ class Agent(NamedTuple):
 
 def make_agent(config: Config) -> Agent:
     validate_config(config)
-    env, env_params = gymnax.make(config.env_name)
+    try:
+        env, env_params = gymnax.make(config.env_name)
+    except Exception as error:  # e.g. MNISTBandit-bsuite downloads MNIST when made
+        raise ValueError(f"gymnax could not make {config.env_name}: {type(error).__name__}: {error}") from None
     action_space = env.action_space(env_params)
     obs_dim = max(1, math.prod(env.observation_space(env_params).shape))
     if isinstance(action_space, spaces.Discrete):
