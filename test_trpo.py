@@ -83,6 +83,33 @@ def test_fisher_vector_product_matches_hessian(discrete):
     assert float(jnp.linalg.norm(fvp - damping * v)) > 1e-3 * float(jnp.linalg.norm(fvp))
 
 
+@pytest.mark.parametrize("discrete", [True, False])
+def test_gauss_newton_vector_product_matches_hessian(discrete):
+    """J^T M J v with the analytic M equals the KL Hessian at theta_old (log_std included)."""
+    policy, params, batch = random_policy_batch(discrete, jax.random.PRNGKey(13))
+    theta, unravel = ravel_pytree(params)
+    old_dist = policy.apply(params, batch.obs)
+    kl_fn = lambda t: trpo.mean_kl(policy.apply, unravel(t), old_dist, batch.obs)
+    v = jax.random.normal(jax.random.PRNGKey(14), theta.shape)
+    fvp = trpo.gauss_newton_vector_product(policy.apply, unravel, theta, batch.obs, 0.1)(v)
+    reference = jax.hessian(kl_fn)(theta) @ v + 0.1 * v
+    assert float(jnp.linalg.norm(fvp - reference) / jnp.linalg.norm(reference)) <= 1e-4
+    assert float(jnp.linalg.norm(fvp - 0.1 * v)) > 1e-3 * float(jnp.linalg.norm(fvp))
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_gauss_newton_trpo_step_matches_default(discrete):
+    """One trust-region step with either Fisher product lands on the same parameters."""
+    policy, params, batch = random_policy_batch(discrete, jax.random.PRNGKey(15), batch=256)
+    config = trpo.Config(max_kl=0.05)
+    steps = [jax.jit(lambda p, b, c=c: trpo.trpo_step(policy.apply, p, b, c))(params, batch)
+             for c in (config, dataclasses.replace(config, gauss_newton_fisher=True))]
+    (default, info), (gauss_newton, gn_info) = steps
+    assert bool(info.line_search.accepted) and bool(gn_info.line_search.accepted)
+    old, new, reference = (ravel_pytree(x)[0] for x in (params, gauss_newton, default))
+    assert float(jnp.linalg.norm(new - reference)) <= 1e-3 * float(jnp.linalg.norm(reference - old))
+
+
 # ----------------------------------------------------------------------------- KL divergence
 def monte_carlo_kl(p, q, key, n=200_000):
     samples = trpo.sample(jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), p), key)
@@ -563,6 +590,8 @@ def test_bench_scripts_run_on_a_tiny_budget():
     times = load_bench("phases").profile(config)
     assert set(times) == {"rollout", "trust-region step", "critic"} and all(t > 0 for t in times.values())
     assert "CartPole-v1" in load_bench("vs_sb3").ZOO  # importable without torch
+    cg_times = load_bench("fisher").cg_alone(config, repeats=1)
+    assert len(cg_times) == 2 and all(t > 0 for t in cg_times.values())
 
 
 def test_reward_scaling_statistics_match_python_loop():

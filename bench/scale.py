@@ -34,11 +34,13 @@ def main():
     parser.add_argument("--big_steps", type=int, default=16)
     parser.add_argument("--big_updates", type=int, default=100)
     parser.add_argument("--big_max_kl", type=float, default=0.1, help="large batches take larger steps")
+    parser.add_argument("--gauss_newton_fisher", action="store_true", help="J^T M J Fisher products in (a) and (b)")
     args = parser.parse_args()
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, "
+          f"Fisher product: {'J^T M J' if args.gauss_newton_fisher else 'jvp of grad'}")
     cold_compile = compile_time_of_default()  # first, so nothing is cached in this process yet
 
-    config = trpo.make_config("CartPole-v1")
+    config = trpo.make_config("CartPole-v1", gauss_newton_fisher=args.gauss_newton_fisher)
     (_, metrics), compile_time, run_time = compile_and_run(
         jax.vmap(trpo.make_train(config)), jax.random.split(jax.random.PRNGKey(0), args.seeds))
     final = np.asarray(metrics.episode_return[:, -1])
@@ -46,7 +48,8 @@ def main():
           f"mean final return {final.mean():.1f}, {np.mean(final >= 475):.0%} of seeds >= 475")
 
     big = trpo.make_config("CartPole-v1", num_envs=args.big_envs, num_steps=args.big_steps, max_kl=args.big_max_kl,
-                           total_timesteps=args.big_envs * args.big_steps * args.big_updates)
+                           total_timesteps=args.big_envs * args.big_steps * args.big_updates,
+                           gauss_newton_fisher=args.gauss_newton_fisher)
     (_, metrics), compile_time, run_time = compile_and_run(trpo.make_train(big), jax.random.PRNGKey(0))
     returns = np.asarray(metrics.episode_return)
     hit = np.flatnonzero(returns >= 500)
