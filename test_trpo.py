@@ -551,7 +551,8 @@ import json, sys, jax, numpy as np, trpo
 assert jax.device_count() == 4, jax.devices()
 config = trpo.make_config("CartPole-v1", num_envs=8, num_steps=32, total_timesteps=3 * 256,
                           hidden_sizes=(16, 16), vf_epochs=2, vf_minibatches=2,
-                          cg_residual_tol=0.0)  # a residual-based CG stop is a discrete, reassociation-sensitive choice
+                          cg_residual_tol=0.0,  # a residual-based CG stop is a discrete, reassociation-sensitive choice
+                          gauss_newton_fisher=sys.argv[1] == "True")
 out = {}
 for devices in (1, 4):
     state, metrics = jax.jit(trpo.make_train(config, devices=devices))(jax.random.PRNGKey(0))
@@ -563,9 +564,11 @@ print(json.dumps(out))
 """
 
 
-def test_multi_device_matches_single_device():
+@pytest.mark.parametrize("gauss_newton_fisher", [False, True])
+def test_multi_device_matches_single_device(gauss_newton_fisher):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(gauss_newton_fisher)],
+                            capture_output=True, text=True,
                             cwd=HERE, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
