@@ -29,5 +29,6 @@ trained = time.perf_counter()
 evaluate = jax.jit(jax.vmap(lambda p, s, k: trpo.evaluate(config, p, s, k, 10)))
 jax.block_until_ready(evaluate(state.policy_params, state.obs_stats, keys))
 done = time.perf_counter()
-print(f"{args.env}, {args.seeds} seeds: imports {imported - start:.1f} s, compile {compiled_at - imported:.1f} s, "
-      f"training {trained - compiled_at:.1f} s, evaluation {done - trained:.1f} s, total {done - start:.1f} s")
+print(f"{args.env}, {args.seeds} seeds: imports {imported - start:.1f} s, "
+      f"compile {compiled_at - imported:.1f} s, training {trained - compiled_at:.1f} s, "
+      f"evaluation {done - trained:.1f} s, total {done - start:.1f} s")

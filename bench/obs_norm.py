@@ -16,7 +16,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--seeds", type=int, default=4)
 parser.add_argument("--envs", default="Acrobot-v1,MountainCar-v0,MountainCarContinuous-v0")
 args = parser.parse_args()
-print(f"{'env':26} {'steps':>7} {'normalize':>9} {'train final':>16} {'eval (10 det. episodes)':>24}")
+print(f"{'env':26} {'steps':>7} {'normalize':>9} {'train final':>16} "
+      f"{'eval (10 det. episodes)':>24}")
 for env_name in args.envs.split(","):
     for normalize in (True, False):
         config = trpo.make_config(env_name, normalize_observations=normalize)
@@ -25,5 +26,6 @@ for env_name in args.envs.split(","):
         evaluate = jax.jit(jax.vmap(lambda p, s, k: trpo.evaluate(config, p, s, k, 10)))
         evals = np.asarray(evaluate(state.policy_params, state.obs_stats, keys)).mean(1)
         final = np.asarray(metrics.episode_return[:, -1])
-        print(f"{env_name:26} {config.total_timesteps:>7} {str(normalize):>9} {final.mean():8.1f} ± {final.std():5.1f}"
-              f" {evals.mean():15.1f} ± {evals.std():5.1f}", flush=True)
+        print(f"{env_name:26} {config.total_timesteps:>7} {str(normalize):>9} "
+              f"{final.mean():8.1f} ± {final.std():5.1f} {evals.mean():15.1f} ± {evals.std():5.1f}",
+              flush=True)

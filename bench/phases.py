@@ -29,7 +29,8 @@ def profile(config: trpo.Config) -> dict:
     agent = trpo.make_agent(config)
     state = trpo.init_train_state(agent, config, jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)
-    rollout = jax.jit(lambda s, k: trpo.rollout(agent, s, k, config)[1])
+    rollout = jax.jit(lambda s, k: trpo.rollout(agent, s.policy_params, s.critic.params, s.runner,
+                                                s.obs_stats, k, config)[1])
     transitions = rollout(state, key)
 
     def batch_of(tr):
@@ -37,10 +38,12 @@ def profile(config: trpo.Config) -> dict:
                                 config.gamma, config.gae_lambda)
         flat = lambda x: x.reshape(-1, *x.shape[2:])
         adv = (flat(adv) - adv.mean()) / (adv.std() + 1e-8)
-        return trpo.PolicyBatch(flat(tr.obs), flat(tr.action), adv, flat(tr.log_prob)), flat(targets)
+        batch = trpo.PolicyBatch(flat(tr.obs), flat(tr.action), adv, flat(tr.log_prob))
+        return batch, flat(targets)
 
     batch, targets = jax.jit(batch_of)(transitions)
-    policy = jax.jit(lambda p, b: trpo.trpo_step(agent.policy.apply, p, b, config))
+    hp = trpo.trpo_hyperparams(config)
+    policy = jax.jit(lambda p, b: trpo.trpo_step(agent.policy.apply, p, b, hp))
     critic = jax.jit(lambda c, o, t, k: trpo.update_critic(agent.value.apply, c, o, t, k, config))
     times = {"rollout": best_time(rollout, state, key),
              "trust-region step": best_time(policy, state.policy_params, batch),
@@ -59,12 +62,14 @@ def main():
         num_envs, num_steps = map(int, shape.split("x"))
         base = trpo.make_config(args.env, num_envs=num_envs, num_steps=num_steps,
                                 total_timesteps=num_envs * num_steps)
-        for label, config in (("default", base),
-                              ("vf_minibatches=1, vf_epochs=5", dataclasses.replace(base, vf_minibatches=1, vf_epochs=5))):
+        few = dataclasses.replace(base, vf_minibatches=1, vf_epochs=5)
+        for label, config in (("default", base), ("vf_minibatches=1, vf_epochs=5", few)):
             times = profile(config)
             total = sum(times.values())
-            shares = ", ".join(f"{name} {t * 1e3:.1f} ms ({t / total:.0%})" for name, t in times.items())
-            print(f"{num_envs}x{num_steps} [{label}]: update {total * 1e3:.1f} ms = {shares}", flush=True)
+            shares = ", ".join(f"{name} {t * 1e3:.1f} ms ({t / total:.0%})"
+                               for name, t in times.items())
+            print(f"{num_envs}x{num_steps} [{label}]: update {total * 1e3:.1f} ms = {shares}",
+                  flush=True)
 
 
 if __name__ == "__main__":

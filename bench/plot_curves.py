@@ -1,4 +1,5 @@
-"""Learning curves from bench/vs_sb3.json: mean ± std over seeds of episode return against env steps.
+"""Learning curves from bench/vs_sb3.json: mean ± std over seeds of episode return against env
+steps.
 
     python bench/plot_curves.py   # writes bench/curves.png
 """

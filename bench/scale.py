@@ -7,6 +7,7 @@
     python bench/scale.py --seeds 64 --big_envs 2048        # what a 2-core CPU can do in minutes
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -14,8 +15,19 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
 import trpo  # noqa: E402
+
+
+def fisher_product(gauss_newton: bool):
+    """A context in which train is traced with bench/fisher.py's J^T M J trpo_step, or a no-op
+    (trpo.py's jvp of grad)."""
+    if not gauss_newton:
+        return contextlib.nullcontext()
+    sys.path.insert(0, HERE)
+    import fisher
+    return fisher.using_trpo_step(fisher.gauss_newton_trpo_step)
 
 
 def compile_and_run(fn, *args):
@@ -33,30 +45,40 @@ def main():
     parser.add_argument("--big_envs", type=int, default=2048)
     parser.add_argument("--big_steps", type=int, default=16)
     parser.add_argument("--big_updates", type=int, default=100)
-    parser.add_argument("--big_max_kl", type=float, default=0.1, help="large batches take larger steps")
-    parser.add_argument("--gauss_newton_fisher", action="store_true", help="J^T M J Fisher products in (a) and (b)")
+    parser.add_argument("--big_max_kl", type=float, default=0.1,
+                        help="large batches take larger steps")
+    parser.add_argument("--gauss_newton_fisher", action="store_true",
+                        help="J^T M J Fisher products (bench/fisher.py's) in (a) and (b)")
     args = parser.parse_args()
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, "
           f"Fisher product: {'J^T M J' if args.gauss_newton_fisher else 'jvp of grad'}")
     cold_compile = compile_time_of_default()  # first, so nothing is cached in this process yet
 
-    config = trpo.make_config("CartPole-v1", gauss_newton_fisher=args.gauss_newton_fisher)
-    (_, metrics), compile_time, run_time = compile_and_run(
-        jax.vmap(trpo.make_train(config)), jax.random.split(jax.random.PRNGKey(0), args.seeds))
+    config = trpo.make_config("CartPole-v1")
+    with fisher_product(args.gauss_newton_fisher):
+        (_, metrics), compile_time, run_time = compile_and_run(
+            jax.vmap(trpo.make_train(config)), jax.random.split(jax.random.PRNGKey(0), args.seeds))
     final = np.asarray(metrics.episode_return[:, -1])
-    print(f"(a) {args.seeds} CartPole agents x 100k steps: run {run_time:.2f} s (compile {compile_time:.1f} s), "
-          f"mean final return {final.mean():.1f}, {np.mean(final >= 475):.0%} of seeds >= 475")
+    print(f"(a) {args.seeds} CartPole agents x 100k steps: run {run_time:.2f} s "
+          f"(compile {compile_time:.1f} s), mean final return {final.mean():.1f}, "
+          f"{np.mean(final >= 475):.0%} of seeds >= 475")
 
-    big = trpo.make_config("CartPole-v1", num_envs=args.big_envs, num_steps=args.big_steps, max_kl=args.big_max_kl,
-                           total_timesteps=args.big_envs * args.big_steps * args.big_updates,
-                           gauss_newton_fisher=args.gauss_newton_fisher)
-    (_, metrics), compile_time, run_time = compile_and_run(trpo.make_train(big), jax.random.PRNGKey(0))
+    big = trpo.make_config("CartPole-v1", num_envs=args.big_envs, num_steps=args.big_steps,
+                           max_kl=args.big_max_kl,
+                           total_timesteps=args.big_envs * args.big_steps * args.big_updates)
+    with fisher_product(args.gauss_newton_fisher):
+        (_, metrics), compile_time, run_time = compile_and_run(trpo.make_train(big),
+                                                               jax.random.PRNGKey(0))
     returns = np.asarray(metrics.episode_return)
     hit = np.flatnonzero(returns >= 500)
-    when = f"update {hit[0] + 1}/{len(returns)}, ~{run_time * (hit[0] + 1) / len(returns):.2f} s" if hit.size else "never"
-    print(f"(b) one run, {args.big_envs} envs x {args.big_steps} steps/update: {run_time:.2f} s for "
-          f"{len(returns)} updates; return 500 first at {when}; final {returns[-1]:.1f}")
-    print(f"(c) cold compile of train (CartPole defaults, 1 seed, first compile in the process): {cold_compile:.1f} s")
+    when = "never"
+    if hit.size:
+        first = hit[0] + 1
+        when = f"update {first}/{len(returns)}, ~{run_time * first / len(returns):.2f} s"
+    print(f"(b) one run, {args.big_envs} envs x {args.big_steps} steps/update: {run_time:.2f} s "
+          f"for {len(returns)} updates; return 500 first at {when}; final {returns[-1]:.1f}")
+    print("(c) cold compile of train (CartPole defaults, 1 seed, first compile in the process): "
+          f"{cold_compile:.1f} s")
 
 
 def compile_time_of_default():

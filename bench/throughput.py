@@ -12,7 +12,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import trpo  # noqa: E402
@@ -22,21 +21,19 @@ def raw_rollout_fn(config: trpo.Config, total_steps: int):
     """Policy sampling + env.step for total_steps env steps, no learning."""
     agent = trpo.make_agent(config)
     state = trpo.init_train_state(agent, config, jax.random.PRNGKey(0))
-    action_shape = agent.env.action_space(agent.env_params).shape
-    step_env = jax.vmap(agent.env.step, in_axes=(0, 0, 0, None))
 
     def step(carry, key):
         env_state, obs = carry
         act_key, env_key = jax.random.split(key)
         action = trpo.sample(agent.policy.apply(state.policy_params, obs), act_key)
-        env_actions = jax.vmap(lambda a: trpo.env_action(agent, a, action_shape))(action)
-        obs, env_state, reward, *_ = step_env(jax.random.split(env_key, config.num_envs), env_state,
-                                              env_actions, agent.env_params)
-        return (env_state, trpo.flat_obs(obs, config.num_envs)), reward.sum()
+        # trpo.step_envs maps the actions with trpo.env_actions and vmaps env.step
+        obs, env_state, reward, *_ = trpo.step_envs(agent, env_state, action, env_key)
+        return (env_state, obs), reward.sum()
 
     def run(key):
         carry = (state.runner.env_state, state.runner.obs)
-        return jax.lax.scan(step, carry, jax.random.split(key, total_steps // config.num_envs))[1].sum()
+        keys = jax.random.split(key, total_steps // config.num_envs)
+        return jax.lax.scan(step, carry, keys)[1].sum()
 
     return jax.jit(run)
 
@@ -58,8 +55,10 @@ def main():
     parser.add_argument("--num_steps", type=int, default=128)
     parser.add_argument("--updates", type=int, default=10)
     args = parser.parse_args()
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, env {args.env}")
-    print(f"{'num_envs':>8} {'batch':>8} {'train steps/s':>14} {'rollout steps/s':>16} {'train/limit':>12} {'compile s':>10}")
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, "
+          f"env {args.env}")
+    print(f"{'num_envs':>8} {'batch':>8} {'train steps/s':>14} {'rollout steps/s':>16} "
+          f"{'train/limit':>12} {'compile s':>10}")
     for num_envs in map(int, args.grid.split(",")):
         batch = num_envs * args.num_steps
         config = trpo.make_config(args.env, num_envs=num_envs, num_steps=args.num_steps,
@@ -79,7 +78,8 @@ def main():
     config = trpo.make_config(args.env)
     printer = trpo.make_progress_printer(config, 1, [time.perf_counter()])
     quiet = jax.jit(trpo.make_train(config))
-    loud = jax.jit(trpo.make_train(config, lambda i, m: None))  # the callback machinery, no printing
+    # the callback machinery, no printing
+    loud = jax.jit(trpo.make_train(config, lambda i, m: None))
     loud_print = jax.jit(trpo.make_train(config, printer))
     key = jax.random.PRNGKey(0)
     for fn in (quiet, loud, loud_print):

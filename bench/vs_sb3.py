@@ -4,7 +4,8 @@ Each side runs in its own process, and its wall clock (imports and compilation i
 measured from here. After training, each seed gets 10 deterministic evaluation episodes.
 
     pip install -r requirements.txt -r bench/requirements.txt
-    python bench/vs_sb3.py --seeds 8 --envs CartPole-v1,Acrobot-v1,MountainCar-v0,Pendulum-v1,MountainCarContinuous-v0
+    python bench/vs_sb3.py --seeds 8 \
+        --envs CartPole-v1,Acrobot-v1,MountainCar-v0,Pendulum-v1,MountainCarContinuous-v0
 """
 import argparse
 import json
@@ -20,10 +21,12 @@ ROOT = os.path.dirname(HERE)
 
 # rl-baselines3-zoo hyperparams/trpo.yml. Every entry: policy MlpPolicy, n_envs 2.
 ZOO = {
-    "CartPole-v1": dict(budget=100_000, n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98,
-                        gamma=0.99, learning_rate=1e-3, n_critic_updates=20),  # zoo trpo.yml CartPole-v1
+    "CartPole-v1": dict(budget=100_000, n_steps=512, batch_size=512, cg_damping=1e-3,
+                        gae_lambda=0.98, gamma=0.99, learning_rate=1e-3,
+                        n_critic_updates=20),  # zoo trpo.yml CartPole-v1
     "Acrobot-v1": dict(budget=100_000, normalize=True, n_steps=1024),  # zoo trpo.yml Acrobot-v1
-    "MountainCar-v0": dict(budget=100_000, normalize=True, n_steps=1024, n_critic_updates=20),  # zoo MountainCar-v0
+    "MountainCar-v0": dict(budget=100_000, normalize=True, n_steps=1024,
+                           n_critic_updates=20),  # zoo trpo.yml MountainCar-v0
     "Pendulum-v1": dict(budget=100_000, n_steps=1024, gamma=0.9, n_critic_updates=15, use_sde=True,
                         sde_sample_freq=4),  # zoo trpo.yml Pendulum-v1
     "MountainCarContinuous-v0": dict(budget=50_000, normalize=True, use_sde=True,
@@ -32,7 +35,6 @@ ZOO = {
 
 
 def sb3_worker(env_name: str, seeds: int) -> dict:
-    import gymnasium as gym
     from sb3_contrib import TRPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -85,19 +87,22 @@ def trpo_worker(env_name: str, seeds: int) -> dict:
         os.environ["XDG_CACHE_HOME"] = os.environ["TRPO_BENCH_CACHE_DIR"]
         trpo.enable_compile_cache()
 
-    config = trpo.make_config(env_name, total_timesteps=ZOO[env_name]["budget"])
+    config = trpo.make_config(env_name, total_timesteps=int(ZOO[env_name]["budget"]))
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     state, metrics = jax.jit(jax.vmap(trpo.make_train(config)))(keys)
     evaluate = jax.jit(jax.vmap(lambda p, s, k: trpo.evaluate(config, p, s, k, 10)))
-    returns = np.asarray(evaluate(state.policy_params, state.obs_stats, jax.random.split(jax.random.PRNGKey(1), seeds)))
+    eval_keys = jax.random.split(jax.random.PRNGKey(1), seeds)
+    returns = np.asarray(evaluate(state.policy_params, state.obs_stats, eval_keys))
     return {"finals": returns.mean(1).tolist(), "steps": np.asarray(metrics.env_steps[0]).tolist(),
             "returns": np.asarray(metrics.episode_return).tolist()}
 
 
 def run_worker(side: str, env_name: str, seeds: int) -> tuple[dict, float]:
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "--worker", side, "--envs", env_name, "--seeds", str(seeds)],
-                         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    command = [sys.executable, __file__, "--worker", side, "--envs", env_name,
+               "--seeds", str(seeds)]
+    out = subprocess.run(command, capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if out.returncode:
         raise SystemExit(f"{side} worker failed on {env_name}:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1]), time.perf_counter() - start
@@ -111,13 +116,16 @@ def main():
     parser.add_argument("--out", default=os.path.join(HERE, "vs_sb3.json"))
     parser.add_argument("--append", action="store_true", help="keep the envs already in --out")
     parser.add_argument("--warm-cache", action="store_true",
-                        help="trpo.py side: run once untimed to fill a compilation cache, then time a run using it")
+                        help="trpo.py side: run once untimed to fill a compilation cache, "
+                             "then time a run using it")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps((sb3_worker if args.worker == "sb3" else trpo_worker)(args.envs, args.seeds)))
+        worker = sb3_worker if args.worker == "sb3" else trpo_worker
+        print(json.dumps(worker(args.envs, args.seeds)))
         return
     results = json.load(open(args.out)) if args.append and os.path.exists(args.out) else {}
-    print(f"{'env':26} {'steps':>7} {'seeds':>5} {'sb3-contrib':>16} {'trpo.py':>16} {'sb3 s':>7} {'trpo s':>7} {'ratio':>6}")
+    print(f"{'env':26} {'steps':>7} {'seeds':>5} {'sb3-contrib':>16} {'trpo.py':>16} "
+          f"{'sb3 s':>7} {'trpo s':>7} {'ratio':>6}")
     for env_name in args.envs.split(","):
         # Alternate the order per env so neither side always runs first.
         order = ("sb3", "trpo") if len(results) % 2 == 0 else ("trpo", "sb3")
@@ -125,10 +133,14 @@ def main():
             os.environ["TRPO_BENCH_CACHE_DIR"] = os.path.join(HERE, ".cache")
             run_worker("trpo", env_name, args.seeds)  # untimed: fills the cache
         runs = {side: run_worker(side, env_name, args.seeds) for side in order}
-        results[env_name] = {side: {**out, "wall_s": wall} for side, (out, wall) in runs.items()}
-        fmt = lambda side: f"{np.mean(runs[side][0]['finals']):7.1f} ± {np.std(runs[side][0]['finals']):6.1f}"
-        print(f"{env_name:26} {ZOO[env_name]['budget']:>7} {args.seeds:>5} {fmt('sb3'):>16} {fmt('trpo'):>16} "
-              f"{runs['sb3'][1]:>7.1f} {runs['trpo'][1]:>7.1f} {runs['sb3'][1] / runs['trpo'][1]:>5.1f}x", flush=True)
+        results[env_name] = {side: {**out, "wall_s": wall}
+                             for side, (out, wall) in runs.items()}
+        finals = lambda side: runs[side][0]["finals"]
+        fmt = lambda side: f"{np.mean(finals(side)):7.1f} ± {np.std(finals(side)):6.1f}"
+        wall = {side: runs[side][1] for side in runs}
+        print(f"{env_name:26} {ZOO[env_name]['budget']:>7} {args.seeds:>5} {fmt('sb3'):>16} "
+              f"{fmt('trpo'):>16} {wall['sb3']:>7.1f} {wall['trpo']:>7.1f} "
+              f"{wall['sb3'] / wall['trpo']:>5.1f}x", flush=True)
         with open(args.out, "w") as f:
             json.dump(results, f)
 
