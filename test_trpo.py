@@ -600,35 +600,44 @@ def test_multi_device_matches_single_device():
         np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-5)
 
 
-def train_seeds(config, seeds):
+def eval_after_training(env_name, seeds=8):
+    """Trains `seeds` seeds of the env's preset at the zoo budget (all vmapped in one jit), then
+    returns each seed's mean of 20 deterministic episodes. Key 2: neither the tuning key (0) nor
+    the held-out key (1) of bench/heldout.py."""
+    budget = {"MountainCarContinuous-v0": 50_000}.get(env_name, 100_000)
+    config = trpo.make_config(env_name, total_timesteps=budget, seed=2)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
-    _, metrics = jax.jit(jax.vmap(trpo.make_train(config)))(keys)
-    return np.asarray(metrics.episode_return)
+    state, _ = jax.jit(jax.vmap(trpo.make_train(config)))(keys)
+    returns = trpo.evaluate_seeds(config, state.policy_params, state.obs_stats, 20)
+    print(f"{env_name} eval returns per seed:", np.round(returns, 1))
+    return returns
 
 
-def test_learns_cartpole_every_seed():
-    """Defaults, 4 seeds x 100k steps: every seed's final mean return >= 475."""
-    returns = train_seeds(trpo.make_config("CartPole-v1"), 4)
-    print("CartPole-v1 final returns:", returns[:, -1])
-    assert np.all(returns[:, -1] >= 475), returns[:, -1]
+# IQM-of-8 thresholds and their false-failure probability: P(IQM of 8 seeds < threshold) when
+# the 8 seeds are drawn from the 64 held-out seeds' eval returns in bench/heldout.json (label
+# "after"), estimated with 200k draws by `python bench/heldout.py --thresholds after`-style
+# resampling (bench/heldout.py: false_failure). A float-rounding change on another CPU is one
+# more such draw. CartPole-v1 had 0 of 64 held-out seeds below 475: even at the 95% upper bound
+# of the per-seed failure rate (3/64), failing this IQM needs >= 3 of 8 seeds to fail, p < 0.6%.
+LEARNING_THRESHOLDS = {  # env: (IQM threshold, estimated false-failure probability)
+    "CartPole-v1": (475.0, "0.00% (< 0.6% at the upper bound)"),
+    "Acrobot-v1": (-250.0, "0.43%"),
+    "MountainCar-v0": (-150.0, "0.37%"),
+    "Pendulum-v1": (-210.0, "0.02%"),
+    "MountainCarContinuous-v0": (80.0, "0.02%"),
+}
 
 
-def test_learns_acrobot():
-    """Acrobot preset (observation normalization, max_kl 0.03) at 200k steps, 4 seeds:
-    mean >= -100."""
-    config = trpo.make_config("Acrobot-v1", total_timesteps=200_000)
-    returns = train_seeds(config, 4)
-    print("Acrobot-v1 final returns:", returns[:, -1])
-    assert returns[:, -1].mean() >= -100, returns[:, -1]
-
-
-def test_learns_pendulum():
-    """Pendulum preset (100k steps, gamma 0.9, lambda 0.95, 4 envs x 256 steps, max_kl 0.01, critic
-    20 epochs at lr 3e-3), 4 seeds: mean final return >= -250."""
-    config = trpo.make_config("Pendulum-v1")  # 100k steps, inside the 1M budget
-    returns = train_seeds(config, 4)
-    print("Pendulum-v1 final returns:", returns[:, -1])
-    assert returns[:, -1].mean() >= -250, returns[:, -1]
+@pytest.mark.parametrize("env_name", sorted(LEARNING_THRESHOLDS))
+def test_learns_every_classic_control_env(env_name):
+    """8 seeds at the zoo budget, 20 deterministic episodes each: the IQM over seeds clears the
+    env's threshold. False-failure probabilities (held-out estimates, see LEARNING_THRESHOLDS):
+    CartPole-v1 >= 475: 0.00% (< 0.6% at the upper bound); Acrobot-v1 >= -250: 0.43%;
+    MountainCar-v0 >= -150: 0.37%; Pendulum-v1 >= -210: 0.02%; MountainCarContinuous-v0 >= 80:
+    0.02%."""
+    threshold, _ = LEARNING_THRESHOLDS[env_name]
+    returns = eval_after_training(env_name)
+    assert trpo.interquartile_mean(returns) >= threshold, returns
 
 
 # ----------------------------------------------------------------------------- 9. Evaluation

@@ -22,7 +22,7 @@ import jax  # noqa: E402
 
 import trpo  # noqa: E402
 
-TUNING_SEED, HELDOUT_SEED = 0, 1
+TUNING_SEED, HELDOUT_SEED, SECOND_HELDOUT_SEED = 0, 1, 3  # key 2 seeds the learning tests
 BUDGETS = {"CartPole-v1": 100_000, "Acrobot-v1": 100_000, "MountainCar-v0": 100_000,
            "Pendulum-v1": 100_000, "MountainCarContinuous-v0": 50_000}  # rl-baselines3-zoo
 
@@ -78,7 +78,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--envs", default=",".join(BUDGETS))
     parser.add_argument("--seeds", type=int, default=64)
-    parser.add_argument("--key", choices=["tuning", "heldout"], default="heldout")
+    parser.add_argument("--key", choices=["tuning", "heldout", "heldout2"], default="heldout")
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--label", default="current")
@@ -98,7 +98,8 @@ def main():
                 print(tag, ", ".join(f"IQM8 < {t:.1f}: {p:.2%}" for t, p in odds.items()))
         return
     overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
-    seed = TUNING_SEED if args.key == "tuning" else HELDOUT_SEED
+    seed = {"tuning": TUNING_SEED, "heldout": HELDOUT_SEED,
+            "heldout2": SECOND_HELDOUT_SEED}[args.key]
     results = json.load(open(args.out)) if os.path.exists(args.out) else {}
     for env_name in args.envs.split(","):
         summary, metrics = run_env(env_name, args.seeds, seed, args.episodes, overrides)

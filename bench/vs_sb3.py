@@ -88,7 +88,8 @@ def trpo_worker(env_name: str, seeds: int) -> dict:
         trpo.enable_compile_cache()
 
     config = trpo.make_config(env_name, total_timesteps=int(ZOO[env_name]["budget"]))
-    keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+    # Held-out seeds (key 1 of bench/heldout.py; the presets were tuned on key 0).
+    keys = jax.random.split(jax.random.PRNGKey(int(os.environ.get("TRPO_BENCH_SEED", 1))), seeds)
     state, metrics = jax.jit(jax.vmap(trpo.make_train(config)))(keys)
     evaluate = jax.jit(jax.vmap(lambda p, s, k: trpo.evaluate(config, p, s, k, 10)))
     eval_keys = jax.random.split(jax.random.PRNGKey(1), seeds)
@@ -97,10 +98,11 @@ def trpo_worker(env_name: str, seeds: int) -> dict:
             "returns": np.asarray(metrics.episode_return).tolist()}
 
 
-def run_worker(side: str, env_name: str, seeds: int) -> tuple[dict, float]:
+def run_worker(side: str, env_name: str, seeds: int, root: str = ROOT) -> tuple[dict, float]:
+    """Times one worker process; root is the checkout whose bench/vs_sb3.py (and trpo.py) runs."""
     start = time.perf_counter()
-    command = [sys.executable, __file__, "--worker", side, "--envs", env_name,
-               "--seeds", str(seeds)]
+    command = [sys.executable, os.path.join(root, "bench", "vs_sb3.py"), "--worker", side,
+               "--envs", env_name, "--seeds", str(seeds)]
     out = subprocess.run(command, capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if out.returncode:
@@ -118,6 +120,9 @@ def main():
     parser.add_argument("--warm-cache", action="store_true",
                         help="trpo.py side: run once untimed to fill a compilation cache, "
                              "then time a run using it")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also time the trpo.py worker of another checkout (e.g. the previous "
+                             "commit), in the same run: a before/after speed ratio")
     args = parser.parse_args()
     if args.worker:
         worker = sb3_worker if args.worker == "sb3" else trpo_worker
@@ -133,6 +138,8 @@ def main():
             os.environ["TRPO_BENCH_CACHE_DIR"] = os.path.join(HERE, ".cache")
             run_worker("trpo", env_name, args.seeds)  # untimed: fills the cache
         runs = {side: run_worker(side, env_name, args.seeds) for side in order}
+        if args.baseline:
+            runs["baseline"] = run_worker("trpo", env_name, args.seeds, args.baseline)
         results[env_name] = {side: {**out, "wall_s": wall}
                              for side, (out, wall) in runs.items()}
         finals = lambda side: runs[side][0]["finals"]
@@ -141,6 +148,10 @@ def main():
         print(f"{env_name:26} {ZOO[env_name]['budget']:>7} {args.seeds:>5} {fmt('sb3'):>16} "
               f"{fmt('trpo'):>16} {wall['sb3']:>7.1f} {wall['trpo']:>7.1f} "
               f"{wall['sb3'] / wall['trpo']:>5.1f}x", flush=True)
+        if args.baseline:
+            print(f"{'  baseline ' + args.baseline:26} {'':>7} {'':>5} {'':>16} "
+                  f"{fmt('baseline'):>16} {'':>7} {wall['baseline']:>7.1f} "
+                  f"{wall['sb3'] / wall['baseline']:>5.1f}x", flush=True)
         with open(args.out, "w") as f:
             json.dump(results, f)
 
