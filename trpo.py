@@ -1071,7 +1071,8 @@ def main(argv: list[str] | None = None) -> int:
     first = jax.tree.map(lambda x: x[0], (state.policy_params, state.obs_stats))
     if args.save:
         critic = jax.tree.map(lambda x: x[0], state.critic.params)
-        save_checkpoint(args.save, config, first[0], critic, first[1])
+        first_config = dataclasses.replace(config, **{field: values[0]})  # the first run's
+        save_checkpoint(args.save, first_config, first[0], critic, first[1])
         print(f"saved checkpoint (first seed) to {args.save}")
     if args.eval:
         returns = evaluate_seeds(config, state.policy_params, state.obs_stats, args.eval)
