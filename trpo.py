@@ -745,11 +745,12 @@ SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -120.0, "MountainCar-v0": -130.0,
           "Pendulum-v1": -260.0, "MountainCarContinuous-v0": 80.0}
 
 
-def interquartile_mean(x: np.ndarray) -> float:
-    """Mean of the middle 50% of x (25% cut from each end, as scipy.stats.trim_mean(x, 0.25))."""
-    x = np.sort(np.asarray(x, np.float64))
-    cut = int(0.25 * len(x))
-    return float(x[cut:len(x) - cut].mean())
+def interquartile_mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mean of the middle 50% of x along axis (25% cut from each end, as
+    scipy.stats.trim_mean(x, 0.25, axis))."""
+    x = np.sort(np.asarray(x, np.float64), axis)
+    cut = int(0.25 * x.shape[axis])
+    return np.take(x, np.arange(cut, x.shape[axis] - cut), axis).mean(axis)
 
 
 def summarize_seeds(returns: np.ndarray, solved: float | None = None, resamples: int = 10_000,
@@ -758,11 +759,9 @@ def summarize_seeds(returns: np.ndarray, solved: float | None = None, resamples:
     (Agarwal et al., NeurIPS 2021), worst seed, and the number of seeds below the solved line."""
     returns = np.asarray(returns, np.float64)
     draws = np.random.default_rng(seed).integers(0, len(returns), (resamples, len(returns)))
-    cut = int(0.25 * len(returns))
-    boot = np.sort(returns[draws], 1)[:, cut:len(returns) - cut].mean(1)
-    low, high = np.percentile(boot, [2.5, 97.5])
+    low, high = np.percentile(interquartile_mean(returns[draws]), [2.5, 97.5])
     failed = None if solved is None else int((returns < solved).sum())
-    return {"mean": float(returns.mean()), "iqm": interquartile_mean(returns),
+    return {"mean": float(returns.mean()), "iqm": float(interquartile_mean(returns)),
             "iqm_ci": [float(low), float(high)], "worst": float(returns.min()),
             "seeds": len(returns), "solved_line": solved, "failed": failed}
 
@@ -1053,12 +1052,13 @@ def main(argv: list[str] | None = None) -> int:
         config, policy_params, value_params, obs_stats = loaded
         metrics, seeds, args.eval = None, 1, args.eval or 10
         as_runs = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
-        state = TrainState(as_runs(policy_params), None, None, as_runs(obs_stats), *[None] * 5)
+        policies, stats = as_runs(policy_params), as_runs(obs_stats)  # one run
     else:
         print(f"TRPO on {config.env_name}: {len(values)} value(s) x {seeds} seed(s) x "
               f"{num_updates(config)} updates x {config.num_envs * config.num_steps} steps",
               flush=True)
         state, metrics, _ = train_runs(config, args)
+        policies, stats = state.policy_params, state.obs_stats
     labels = [f"{field}={v:g}" if args.sweep else "" for v in values]
     runs = [{**({field: v} if args.sweep else {}), "seed": config.seed, "seed_index": s}
             for v in values for s in range(seeds)]
@@ -1068,14 +1068,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{final.std():.1f} over {seeds} seed(s) [{', '.join(f'{r:.1f}' for r in final)}]")
     if metrics is not None:
         print(f"line-search acceptance {float(np.mean(metrics.line_search_accepted)):.2f}")
-    first = jax.tree.map(lambda x: x[0], (state.policy_params, state.obs_stats))
+    first = jax.tree.map(lambda x: x[0], (policies, stats))
     if args.save:
         critic = jax.tree.map(lambda x: x[0], state.critic.params)
         first_config = dataclasses.replace(config, **{field: values[0]})  # the first run's
         save_checkpoint(args.save, first_config, first[0], critic, first[1])
         print(f"saved checkpoint (first seed) to {args.save}")
     if args.eval:
-        returns = evaluate_seeds(config, state.policy_params, state.obs_stats, args.eval)
+        returns = evaluate_seeds(config, policies, stats, args.eval)
         for i, label in enumerate(labels):
             per_seed = returns[i * seeds:(i + 1) * seeds]
             for s, r in enumerate(per_seed):

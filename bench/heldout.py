@@ -69,8 +69,7 @@ def false_failure(per_seed: list, seeds: int, threshold: float, draws: int = 200
     chance that a learning test with that threshold fails on a correct build."""
     values = np.asarray(per_seed)[np.random.default_rng(0).integers(0, len(per_seed),
                                                                     (draws, seeds))]
-    cut = int(0.25 * seeds)
-    iqm = np.sort(values, 1)[:, cut:seeds - cut].mean(1)
+    iqm = trpo.interquartile_mean(values)
     return float((iqm < threshold).mean())
 
 
