@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import gymnax
 import jax
@@ -600,6 +601,87 @@ def test_multi_device_matches_single_device():
         np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-5)
 
 
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_processes(count, devices_each, args, tmp_path):
+    """count trpo.py processes joined through jax.distributed on 127.0.0.1, each with
+    devices_each forced host devices; process i writes its stdout and stderr to tmp_path."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}",
+           "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    port, procs = free_port(), []
+    for i in range(count):
+        joined = ["--coordinator", f"127.0.0.1:{port}", "--num_processes", str(count),
+                  "--process_id", str(i)] if count > 1 else []
+        out, err = (open(tmp_path / f"{i}.{kind}", "w") for kind in ("out", "err"))
+        procs.append(subprocess.Popen([sys.executable, os.path.join(HERE, "trpo.py"), *args,
+                                       *joined], stdout=out, stderr=err, cwd=HERE, env=env))
+    return procs
+
+
+def wait_all(procs, timeout):
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+MULTI_PROCESS_ARGS = ["--num_envs", "8", "--num_steps", "32", "--total_timesteps", "1024",
+                      "--hidden_sizes", "16,16", "--devices", "all", "--no-compile-cache",
+                      "--distributed_timeout", "60"]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """2 processes x 2 devices (jax.distributed, gloo on loopback) against 1 process x 4 devices:
+    same metrics and parameters; only process 0 prints and writes."""
+    results = {}
+    for count, each in ((2, 2), (1, 4)):
+        run = tmp_path / f"{count}x{each}"
+        run.mkdir()
+        outputs = ["--metrics", str(run / "m.json"), "--save", str(run / "c.msgpack")]
+        procs = start_processes(count, each, MULTI_PROCESS_ARGS + outputs, run)
+        codes = wait_all(procs, timeout=400)
+        assert codes == [0] * count, (run / "0.err").read_text()[-2000:]
+        assert "final training return" in (run / "0.out").read_text()
+        if count == 2:  # process 1 trained but printed nothing and wrote nothing
+            assert "final training return" not in (run / "1.out").read_text()
+        _, policy, critic, _ = trpo.load_checkpoint(str(run / "c.msgpack"))
+        results[count] = (json.loads((run / "m.json").read_text()), policy, critic)
+    (m2, p2, c2), (m1, p1, c1) = results[2], results[1]
+    for name in trpo.Metrics._fields:
+        np.testing.assert_allclose(m2[name], m1[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    for a, b in zip(jax.tree.leaves((p2, c2)), jax.tree.leaves((p1, c1))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_killed_peer_gives_one_line_and_nonzero_exit(tmp_path):
+    args = [*MULTI_PROCESS_ARGS, "--total_timesteps", "10000000", "--distributed_timeout", "20"]
+    procs = start_processes(2, 2, args, tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while "\nupdate " not in (tmp_path / "0.out").read_text():  # a progress line: training
+            assert time.monotonic() < deadline and procs[0].poll() is None, \
+                (tmp_path / "0.err").read_text()[-2000:]
+            time.sleep(0.2)
+        before = (tmp_path / "0.err").read_text()  # XLA's warning lines from the start
+        procs[1].kill()
+        killed = time.monotonic()
+        code = procs[0].wait(timeout=120)
+        print(f"survivor exited {time.monotonic() - killed:.1f} s after its peer was killed")
+    finally:
+        for p in procs:
+            p.kill()
+    after = (tmp_path / "0.err").read_text()
+    assert after.startswith(before), (before, after)
+    lines = after[len(before):].strip().splitlines()
+    assert code != 0 and len(lines) == 1 and "lost" in lines[0], (code, lines[-20:])
+
+
 def eval_after_training(env_name, seeds=8):
     """Trains `seeds` seeds of the env's preset at the zoo budget (all vmapped in one jit), then
     returns each seed's mean of 20 deterministic episodes. Key 2: neither the tuning key (0) nor
@@ -746,6 +828,15 @@ BAD_INPUTS = {
     "overflowing budget": (["--total_timesteps", "100000000000000000000"], "total_timesteps"),
     "too many eval episodes": (["--eval", "100000000"], "--eval"),
     "save with load": (["--load", "x.msgpack", "--save", "y.msgpack"], "--load"),
+    "process id without the rest": (["--process_id", "0"], "--coordinator"),
+    "process id out of range": (["--coordinator", "127.0.0.1:1", "--num_processes", "2",
+                                 "--process_id", "2"], "--process_id"),
+    "coordinator without port": (["--coordinator", "localhost", "--num_processes", "2",
+                                  "--process_id", "1"], "HOST:PORT"),
+    "unreachable coordinator": (["--coordinator", "127.0.0.1:1", "--num_processes", "2",
+                                 "--process_id", "1", "--distributed_timeout", "1"],
+                                "not reachable"),
+    "auto with explicit settings": (["--distributed", "auto", "--num_processes", "2"], "auto"),
 }
 
 
@@ -815,7 +906,7 @@ def test_unsupported_action_space_is_one_line_exit_2():
             "    env, params = make(name, **kw)\n"
             "    env.action_space = lambda p=None: spaces.Dict({})\n"
             "    return env, params\n"
-            "trpo.gymnax.make = fake\n"
+            "gymnax.make = fake\n"
             "sys.exit(trpo.main(['--num_envs', '4', '--num_steps', '32', "
             "'--total_timesteps', '256']))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

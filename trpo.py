@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -27,13 +28,11 @@ if __name__ == "__main__":  # as a script, hide XLA's C++ log lines (the compile
 
 import chex
 import flax.linen as nn
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
-from gymnax.environments import spaces
 from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -82,6 +81,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # reward scaling without annealing kept every tuning seed at the goal
     "MountainCarContinuous-v0": dict(normalize_observations=True, total_timesteps=50_000,
                                      init_log_std=0.75, anneal_max_kl=False),
+    # one setting for all five games, as the paper's one setting for Atari: gymnax-blines' PPO
+    # batch (64 envs x 128 steps) and budget (10M steps)
+    **{f"{game}-MinAtar": dict(num_envs=64, num_steps=128, vf_minibatches=8,
+                               total_timesteps=10_000_000)
+       for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")},
 }
 RANGES = {"num_envs": (1, 2**31), "num_steps": (1, 2**31), "total_timesteps": (1, 2**31),
           "cg_iters": (1, 2**31), "line_search_steps": (1, 2**31), "vf_epochs": (1, 2**31),
@@ -103,6 +107,7 @@ def make_config(env_name: str = "CartPole-v1", **overrides: Any) -> Config:
 def validate_config(config: Config) -> None:
     """Raise ValueError, with a one-line message, for a config that cannot run. Fields traced by
     a sweep are skipped."""
+    import gymnax
     if config.env_name not in gymnax.registered_envs:
         raise ValueError(f"unknown env {config.env_name!r}; valid: "
                          f"{', '.join(gymnax.registered_envs)}")
@@ -230,9 +235,12 @@ class Agent(NamedTuple):
 
 
 def make_agent(config: Config) -> Agent:
+    import gymnax  # (here, not at the top: importing gymnax starts JAX, see init_distributed)
+    from gymnax.environments import spaces
     validate_config(config)
-    try:
-        env, env_params = gymnax.make(config.env_name)
+    try:  # eagerly, even under a trace: FourRooms and MetaMaze build their mazes with jnp
+        with jax.ensure_compile_time_eval():
+            env, env_params = gymnax.make(config.env_name)
     except Exception as error:  # e.g. MNISTBandit-bsuite downloads MNIST when made
         raise ValueError(f"gymnax could not make {config.env_name}: "
                          f"{type(error).__name__}: {error}") from None
@@ -905,6 +913,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sweep", metavar="FIELD=v1,v2", help=f"vmap over values of one of {', '.join(SWEEPABLE)}")
     add("--devices", default="1", metavar="N|all", help="split num_envs over N devices")
     add("--no-compile-cache", action="store_true", help="no persistent compilation cache")
+    add("--coordinator", metavar="HOST:PORT", help="multi-process: process 0's address; every "
+        "process runs the same command with its own --process_id, and --devices all")
+    add("--num_processes", type=int, metavar="N", help="multi-process: how many")
+    add("--process_id", type=int, metavar="I", help="multi-process: this one, in [0, N)")
+    add("--distributed", choices=["auto"], help="multi-process settings from the cluster "
+        "manager (SLURM, ...), as jax.distributed.initialize() detects them")
+    add("--distributed_timeout", type=int, default=60, metavar="S",
+        help="seconds to wait for the coordinator and the other processes (default: 60)")
     return parser
 
 
@@ -918,6 +934,7 @@ def parse_cli(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         raise ValueError(str(error)) from None
     if unknown:
         raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
+    init_distributed(args)  # before make_config: gymnax starts JAX when imported
     explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                 if getattr(args, f.name) is not None}
     config = make_config(**explicit)
@@ -952,9 +969,80 @@ def parse_cli(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         validate_config(dataclasses.replace(config, **{field: value}))
     args.sweep_field, args.sweep_values = field, values
     devices = jax.device_count() if args.devices == "all" else int(args.devices)
+    if jax.process_count() > 1 and devices != jax.device_count():
+        raise ValueError(f"with {jax.process_count()} processes, use --devices all (every "
+                         f"process's devices, {jax.device_count()} in all)")
     make_agent_on_devices(config, devices)  # rejects bad devices or an unsupported action space
     args.devices = devices
     return config, args
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> bool:
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def init_distributed(args: argparse.Namespace) -> None:
+    """Join a multi-process run through jax.distributed (before any other JAX call). The
+    processes' devices form one mesh; each process builds its own shard of the env batch inside
+    the jit, and only process 0 prints and writes files. On CPU the collectives use gloo."""
+    named = (args.coordinator, args.num_processes, args.process_id)
+    args.training_done = threading.Event()  # ends watch_peers
+    if args.distributed is None and named == (None, None, None):
+        return
+    if args.distributed and named != (None, None, None):
+        raise ValueError("--distributed auto takes its settings from the cluster; drop "
+                         "--coordinator, --num_processes and --process_id")
+    timeout = args.distributed_timeout
+    if not 0 < timeout <= 86400:
+        raise ValueError(f"--distributed_timeout must be in [1, 86400] seconds, got {timeout}")
+    if not args.distributed:
+        if None in named:
+            raise ValueError("a multi-process run needs --coordinator HOST:PORT, --num_processes "
+                             "N and --process_id I together")
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--coordinator expects HOST:PORT, got {args.coordinator!r}")
+        if not 0 < args.num_processes < 2**16 or not 0 <= args.process_id < args.num_processes:
+            raise ValueError(f"--process_id must be in [0, --num_processes) with --num_processes "
+                             f"at least 1, got {args.process_id} and {args.num_processes}")
+        if args.process_id > 0 and not wait_for_port(host, int(port), timeout):
+            raise ValueError(f"coordinator {args.coordinator} not reachable within {timeout} s "
+                             "(start process 0 first, or raise --distributed_timeout)")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_enable_recoverability", True)  # a lost peer: our line, not an abort
+    try:
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                                   initialization_timeout=timeout,
+                                   heartbeat_timeout_seconds=min(timeout, 100))
+    except Exception as error:
+        raise ValueError(f"jax.distributed.initialize failed: {type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    threading.Thread(target=watch_peers, args=(args.training_done,), daemon=True).start()
+
+
+def watch_peers(training_done: threading.Event) -> None:
+    """Until training ends, exit with one line once the coordination service counts a process as
+    dead (no heartbeats): XLA would otherwise wait for it, or abort with a stack dump."""
+    from jax._src.distributed import global_state
+    everyone = list(range(jax.process_count()))
+    while not training_done.wait(1.0):
+        try:
+            live = global_state.client.get_live_nodes(everyone)
+        except Exception:
+            live = {}
+        lost = sorted(set(everyone) - set(live))
+        if lost:
+            print(f"trpo.py: error: process {jax.process_index()} lost peer process(es) "
+                  f"{lost}", file=sys.stderr, flush=True)
+            os._exit(1)
 
 
 def enable_compile_cache() -> None:
@@ -1020,8 +1108,9 @@ def plot_curves(path: str, curves: dict[str, Metrics], title: str) -> None:
     plt.close(fig)
 
 
-def train_runs(config: Config, args: argparse.Namespace) -> tuple[TrainState, Metrics, float]:
-    """All [values, seeds] runs in one jit; returns state and metrics with a flat [runs] axis."""
+def train_runs(config: Config, args: argparse.Namespace) -> tuple[tuple, float]:
+    """All [values, seeds] runs in one jit; returns policy params, observation statistics, critic
+    params and metrics as this host's arrays, each with a flat [runs] axis, and the run time."""
     values, seeds = jnp.asarray(args.sweep_values, jnp.float32), args.seeds
     clock = [time.perf_counter()]
     progress = None if args.quiet else make_progress_printer(config, len(values) * seeds, clock)
@@ -1034,8 +1123,11 @@ def train_runs(config: Config, args: argparse.Namespace) -> tuple[TrainState, Me
     run_time = time.perf_counter() - clock[0]
     print(f"compile {compile_time:.1f} s, run {run_time:.1f} s "
           f"({len(values) * seeds * config.total_timesteps / run_time:,.0f} steps/s)")
-    flatten = lambda tree: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
-    return flatten(state), flatten(metrics), run_time
+    kept = (state.policy_params, state.obs_stats, state.critic.params, metrics)
+    if jax.process_count() > 1:  # global arrays -> host copies, on every process
+        from jax.experimental import multihost_utils
+        kept = multihost_utils.process_allgather(kept, tiled=True)
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), kept), run_time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1047,6 +1139,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.no_compile_cache:
         enable_compile_cache()
+    if jax.process_index() > 0:  # every process trains; process 0 alone prints and writes
+        sys.stdout = open(os.devnull, "w")
+        args.save = args.metrics = args.plot = args.render = None
+        args.eval = 0
     field, values, seeds = args.sweep_field, args.sweep_values, args.seeds
     if loaded is not None:
         config, policy_params, value_params, obs_stats = loaded
@@ -1057,8 +1153,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"TRPO on {config.env_name}: {len(values)} value(s) x {seeds} seed(s) x "
               f"{num_updates(config)} updates x {config.num_envs * config.num_steps} steps",
               flush=True)
-        state, metrics, _ = train_runs(config, args)
-        policies, stats = state.policy_params, state.obs_stats
+        try:
+            (policies, stats, critics, metrics), _ = train_runs(config, args)
+            args.training_done.set()
+            if jax.process_index() > 0:  # process 0 writes; its peers leave without a shutdown
+                os._exit(0)  # handshake, which would fail once process 0 has closed the service
+        except jax.errors.JaxRuntimeError as error:
+            if jax.process_count() == 1:
+                raise
+            print(f"trpo.py: error: process {jax.process_index()} lost a peer: "
+                  f"{str(error).splitlines()[0]}", file=sys.stderr, flush=True)
+            os._exit(1)  # not sys.exit: jax.distributed's shutdown would wait for the lost peer
     labels = [f"{field}={v:g}" if args.sweep else "" for v in values]
     runs = [{**({field: v} if args.sweep else {}), "seed": config.seed, "seed_index": s}
             for v in values for s in range(seeds)]
@@ -1070,7 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"line-search acceptance {float(np.mean(metrics.line_search_accepted)):.2f}")
     first = jax.tree.map(lambda x: x[0], (policies, stats))
     if args.save:
-        critic = jax.tree.map(lambda x: x[0], state.critic.params)
+        critic = jax.tree.map(lambda x: x[0], critics)
         first_config = dataclasses.replace(config, **{field: values[0]})  # the first run's
         save_checkpoint(args.save, first_config, first[0], critic, first[1])
         print(f"saved checkpoint (first seed) to {args.save}")
