@@ -653,6 +653,9 @@ def test_two_processes_match_one_process(tmp_path):
         _, policy, critic, _ = trpo.load_checkpoint(str(run / "c.msgpack"))
         results[count] = (json.loads((run / "m.json").read_text()), policy, critic)
     (m2, p2, c2), (m1, p1, c1) = results[2], results[1]
+    gap = max(np.max(np.abs(np.asarray(m2[k], float) - np.asarray(m1[k], float)))
+              for k in trpo.Metrics._fields)
+    print(f"2x2 against 1x4 devices: largest metric difference {gap:.3g}")
     for name in trpo.Metrics._fields:
         np.testing.assert_allclose(m2[name], m1[name], rtol=1e-4, atol=1e-5, err_msg=name)
     for a, b in zip(jax.tree.leaves((p2, c2)), jax.tree.leaves((p1, c1))):
@@ -927,3 +930,28 @@ def test_bench_scripts_run_on_a_tiny_budget():
     assert "CartPole-v1" in load_bench("vs_sb3").ZOO  # importable without torch
     cg_times = load_bench("fisher").cg_alone(config, repeats=1)
     assert len(cg_times) == 2 and all(t > 0 for t in cg_times.values())
+
+
+def test_gymnax_table_random_column_matches_a_python_loop():
+    """The random-policy column against a plain loop over gymnax's step with random actions."""
+    table = load_bench("gymnax_table")
+    config = trpo.make_config("CartPole-v1")
+    key = jax.random.PRNGKey(4)
+    column = table.random_returns(config, key[None], episodes=3)[0]
+    env, params = gymnax.make("CartPole-v1")
+    reset_key, step_key = jax.random.split(key)
+    returns = []
+    for i, k in enumerate(jax.random.split(reset_key, 3)):
+        _, state = env.reset(k, params)
+        total, done = 0.0, False
+        for t, sk in enumerate(jax.random.split(step_key, 500)):
+            action_key, env_key = jax.random.split(sk)
+            action = env.action_space(params).sample(jax.random.split(action_key, 3)[i])
+            _, state, reward, term, trunc, _ = env.step(jax.random.split(env_key, 3)[i], state,
+                                                        action, params)
+            total += float(reward)
+            if term or trunc:
+                break
+        returns.append(total)
+    assert column == pytest.approx(np.mean(returns), abs=1e-4)
+    assert "| CartPole-v1 | 500.0 (PPO) |" in table.markdown({"rows": {}})

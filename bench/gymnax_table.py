@@ -16,7 +16,7 @@ writes the held-out seeds of that value as the table rows.
     python bench/gymnax_table.py --envs Breakout-MinAtar --seeds 2
     python bench/gymnax_table.py --envs Breakout-MinAtar,... --seeds 16 --screen max_kl=0.01,0.03
     python bench/gymnax_table.py --choose max_kl              # rows from a --screen run
-    python bench/gymnax_table.py --markdown                   # the table, for RESULTS.md
+    python bench/gymnax_table.py --markdown                   # the table, into RESULTS.md
 """
 import argparse
 import json
@@ -195,6 +195,19 @@ def markdown(results):
     return "\n".join(lines)
 
 
+MARKERS = ("<!-- gymnax-table -->", "<!-- /gymnax-table -->")
+
+
+def write_markdown(results, path=os.path.join(HERE, "RESULTS.md")):
+    """Replace the table between MARKERS in RESULTS.md (if both are there)."""
+    text = open(path).read()
+    if all(m in text for m in MARKERS):
+        head, rest = text.split(MARKERS[0], 1)
+        tail = rest.split(MARKERS[1], 1)[1]
+        with open(path, "w") as f:
+            f.write(f"{head}{MARKERS[0]}\n{markdown(results)}\n{MARKERS[1]}{tail}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--envs", default=",".join(ENVS))
@@ -209,7 +222,8 @@ def main():
     parser.add_argument("--deadline", type=float, default=float("inf"),
                         help="seconds; start no env once the last one's time would pass it")
     parser.add_argument("--steps", type=int, help="one budget for every env (smoke runs)")
-    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="print the table and write it "
+                        "into bench/RESULTS.md")
     parser.add_argument("--out", default=os.path.join(HERE, "gymnax_table.json"))
     args = parser.parse_args()
     if args.steps:
@@ -219,6 +233,7 @@ def main():
     results.setdefault("screens", {})
     if args.markdown:
         print(markdown(results))
+        write_markdown(results)
         return
     if args.choose:
         choose(results, args.choose)
@@ -252,6 +267,8 @@ def main():
         longest = max(longest, time.perf_counter() - began)
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
+        if args.out == parser.get_default("out"):
+            write_markdown(results)
     if args.choose:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
