@@ -943,8 +943,8 @@ def test_gymnax_table_random_column_matches_a_python_loop():
     returns = []
     for i, k in enumerate(jax.random.split(reset_key, 3)):
         _, state = env.reset(k, params)
-        total, done = 0.0, False
-        for t, sk in enumerate(jax.random.split(step_key, 500)):
+        total = 0.0
+        for sk in jax.random.split(step_key, 500):
             action_key, env_key = jax.random.split(sk)
             action = env.action_space(params).sample(jax.random.split(action_key, 3)[i])
             _, state, reward, term, trunc, _ = env.step(jax.random.split(env_key, 3)[i], state,
