@@ -955,3 +955,16 @@ def test_gymnax_table_random_column_matches_a_python_loop():
         returns.append(total)
     assert column == pytest.approx(np.mean(returns), abs=1e-4)
     assert "| CartPole-v1 | 500.0 (PPO) |" in table.markdown({"rows": {}})
+
+
+def test_json_metrics_are_strict_json_with_null_for_non_finite(tmp_path):
+    metrics = trpo.Metrics(*[np.array([[1.0, np.nan, np.inf]]) for _ in trpo.Metrics._fields])
+    path = tmp_path / "m.json"
+    trpo.write_metrics(str(path), metrics, [{"seed": 0, "eval_return": float("nan")}])
+
+    def reject(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    data = json.loads(path.read_text(), parse_constant=reject)
+    assert data["kl"] == [[1.0, None, None]]
+    assert data["runs"] == [{"seed": 0, "eval_return": None}]

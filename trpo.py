@@ -1074,12 +1074,16 @@ def make_progress_printer(config: Config, num_runs: int, clock: list[float]) -> 
 
 
 def write_metrics(path: str, metrics: Metrics, runs: list[dict[str, Any]]) -> None:
-    """Per-update metrics [runs, updates] as .json or .csv; runs[i] labels run i (and holds its
-    eval return, if any)."""
+    """Per-update metrics [runs, updates] as .json (strict: null for a non-finite value) or .csv;
+    runs[i] labels run i (and holds its eval return, if any)."""
     arrays = {name: np.asarray(value) for name, value in metrics._asdict().items()}
     with open(path, "w", newline="") as f:
         if path.endswith(".json"):
-            json.dump({"runs": runs, **{k: v.tolist() for k, v in arrays.items()}}, f)
+            strict = lambda v: np.where(np.isfinite(v), v.astype(object), None).tolist()
+            labels = [{k: None if isinstance(v, float) and not math.isfinite(v) else v
+                       for k, v in run.items()} for run in runs]
+            json.dump({"runs": labels, **{k: strict(v) for k, v in arrays.items()}}, f,
+                      allow_nan=False)
             return
         writer = csv.writer(f)
         writer.writerow([*runs[0], "update", *arrays])
