@@ -968,3 +968,28 @@ def test_json_metrics_are_strict_json_with_null_for_non_finite(tmp_path):
     data = json.loads(path.read_text(), parse_constant=reject)
     assert data["kl"] == [[1.0, None, None]]
     assert data["runs"] == [{"seed": 0, "eval_return": None}]
+
+
+def test_numerical_failures_name_the_first_bad_update_or_a_stalled_line_search():
+    fields = {name: np.ones((2, 20)) for name in trpo.Metrics._fields}
+    fields["line_search_accepted"][:, 18:] = 0.0
+    stalled = trpo.numerical_failures(trpo.Metrics(**fields))
+    assert len(stalled) == 1 and stalled[0].startswith("warning") and "--max_kl" in stalled[0]
+    fields["value_loss"][1, 7:] = np.nan
+    fields["kl"][0, 12] = np.inf
+    failures = trpo.numerical_failures(trpo.Metrics(**fields))
+    assert failures == ["error: value_loss went non-finite at update 8 (then kl); the "
+                        "parameters after it are not usable"]
+    fields["line_search_accepted"][0, 19] = 1.0
+    fields["value_loss"][:] = fields["kl"][:] = 1.0
+    assert trpo.numerical_failures(trpo.Metrics(**fields)) == []
+
+
+def test_cli_diverging_critic_is_loud(tmp_path):
+    path = tmp_path / "m.json"
+    result = run_cli("--num_envs", "4", "--num_steps", "32", "--total_timesteps", "512",
+                     "--vf_lr", "1e30", "--quiet", "--no-compile-cache", "--metrics", str(path))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "went non-finite at update" in lines[0], lines
+    json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(name))

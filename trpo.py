@@ -1112,6 +1112,27 @@ def plot_curves(path: str, curves: dict[str, Metrics], title: str) -> None:
     plt.close(fig)
 
 
+def numerical_failures(metrics: Metrics) -> list[str]:
+    """What a user must not miss: the first update whose metrics went non-finite (an error), or
+    else a line search that accepted no step over the last 10% of updates (a warning). Metrics
+    are [runs, updates]."""
+    failures = []
+    bad = {name: np.flatnonzero((~np.isfinite(np.asarray(v, np.float64))).any(0))
+           for name, v in metrics._asdict().items()}
+    bad = {name: updates[0] for name, updates in bad.items() if updates.size}
+    if bad:
+        name = min(bad, key=bad.get)
+        others = f" (then {', '.join(sorted(set(bad) - {name}))})" if len(bad) > 1 else ""
+        return [f"error: {name} went non-finite at update {bad[name] + 1}{others}; the "
+                "parameters after it are not usable"]
+    accepted = np.asarray(metrics.line_search_accepted)
+    if accepted[:, -max(1, accepted.shape[1] // 10):].max() == 0:
+        failures.append("warning: the line search accepted no step in the last 10% of updates: "
+                        "the trust region is too large for the policy (lower --max_kl or "
+                        "--init_log_std)")
+    return failures
+
+
 def train_runs(config: Config, args: argparse.Namespace) -> tuple[tuple, float]:
     """All [values, seeds] runs in one jit; returns policy params, observation statistics, critic
     params and metrics as this host's arrays, each with a flat [runs] axis, and the run time."""
@@ -1175,8 +1196,11 @@ def main(argv: list[str] | None = None) -> int:
         final = np.asarray(metrics.episode_return)[i * seeds:(i + 1) * seeds, -1]
         print(f"{label + ': ' if label else ''}final training return {final.mean():.1f} ± "
               f"{final.std():.1f} over {seeds} seed(s) [{', '.join(f'{r:.1f}' for r in final)}]")
+    failures = [] if metrics is None else numerical_failures(metrics)
     if metrics is not None:
         print(f"line-search acceptance {float(np.mean(metrics.line_search_accepted)):.2f}")
+    for failure in failures:
+        print(f"trpo.py: {failure}", file=sys.stderr, flush=True)
     first = jax.tree.map(lambda x: x[0], (policies, stats))
     if args.save:
         critic = jax.tree.map(lambda x: x[0], critics)
@@ -1203,7 +1227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         length = render_gif(args.render, config, *first)
         print(f"rendered a {length}-step deterministic episode to {args.render}")
-    return 0
+    return 2 if any(f.startswith("error") for f in failures) else 0
 
 
 if __name__ == "__main__":
