@@ -840,6 +840,8 @@ BAD_INPUTS = {
                                  "--process_id", "1", "--distributed_timeout", "1"],
                                 "not reachable"),
     "auto with explicit settings": (["--distributed", "auto", "--num_processes", "2"], "auto"),
+    "save onto a device": (["--save", "/dev/null"], "regular file"),
+    "load a device": (["--load", "/dev/zero"], "regular file"),
 }
 
 

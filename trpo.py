@@ -807,6 +807,8 @@ def load_checkpoint(path: str, expect: dict[str, Any] | None = None
                     ) -> tuple[Config, Any, Any, RunningStats]:
     """Read a checkpoint; ValueError if it is missing or corrupt, or if a Config field named in
     `expect` (env_name, hidden_sizes, ...) differs from the saved one."""
+    if os.path.exists(path) and not (os.path.isfile(path) and os.path.getsize(path) < 2**30):
+        raise ValueError(f"checkpoint {path}: not a regular file under 1 GiB")
     try:
         with open(path, "rb") as f:
             raw = serialization.msgpack_restore(f.read())
@@ -948,8 +950,8 @@ def parse_cli(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         path = getattr(args, flag)
         if path is None:
             continue
-        if not path.endswith(suffixes) or os.path.isdir(path):
-            raise ValueError(f"--{flag} {path!r}: expected a file path ending in "
+        if not path.endswith(suffixes) or os.path.exists(path) and not os.path.isfile(path):
+            raise ValueError(f"--{flag} {path!r}: expected a regular file path ending in "
                              f"{' or '.join(suffixes)}")
         if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
             raise ValueError(f"--{flag} {path}: its directory does not exist or is not writable")
