@@ -61,6 +61,7 @@ class Config:
     normalize_observations: bool = False  # running mean/var (VecNormalize); on where the zoo has it
     normalize_rewards: bool = True  # divide rewards by the running std of the discounted return
     init_log_std: float = 0.0  # Gaussian policies: initial log standard deviation
+    entropy_coef: float = 0.0  # entropy bonus c in the surrogate (baselines' entcoeff); paper: 0
     seed: int = 0  # PRNG seed; --seeds N trains N keys split from it
 
 
@@ -91,6 +92,7 @@ RANGES = {"num_envs": (1, 2**31), "num_steps": (1, 2**31), "total_timesteps": (1
           "cg_iters": (1, 2**31), "line_search_steps": (1, 2**31), "vf_epochs": (1, 2**31),
           "vf_minibatches": (1, 2**31), "seed": (0, 2**32), "gamma": (0, 1), "gae_lambda": (0, 1),
           "max_kl": (1e-30, math.inf), "vf_lr": (1e-30, math.inf), "cg_damping": (0, math.inf),
+          "entropy_coef": (0, math.inf),
           "line_search_shrink": (1e-30, 1)}  # [low, high), or [low, high] for floats
 
 
@@ -397,10 +399,13 @@ class PolicyBatch(NamedTuple):
     old_log_prob: jax.Array  # [B]
 
 
-def surrogate(policy_apply: Callable, params: Any, batch: PolicyBatch) -> jax.Array:
-    """L(theta) = mean_t [ pi_theta(a_t|s_t) / pi_old(a_t|s_t) * A_t ]   (paper eq. 14)."""
-    log_ratio = log_prob(policy_apply(params, batch.obs), batch.action) - batch.old_log_prob
-    return jnp.mean(jnp.exp(log_ratio) * batch.advantage)
+def surrogate(policy_apply: Callable, params: Any, batch: PolicyBatch,
+              entropy_coef: float = 0.0) -> jax.Array:
+    """L(theta) = mean_t [ pi_theta(a_t|s_t) / pi_old(a_t|s_t) * A_t ]   (paper eq. 14),
+    plus c * mean_t H(pi_theta(.|s_t)) when entropy_coef c > 0 (an exploration bonus)."""
+    dist = policy_apply(params, batch.obs)
+    log_ratio = log_prob(dist, batch.action) - batch.old_log_prob
+    return jnp.mean(jnp.exp(log_ratio) * batch.advantage) + entropy_coef * jnp.mean(entropy(dist))
 
 
 def mean_kl(policy_apply: Callable, params: Any, old_dist: Distribution,
@@ -491,6 +496,7 @@ class TRPOHyperparams(NamedTuple):
     cg_residual_tol: float = 1e-10
     line_search_steps: int = 10
     line_search_shrink: float = 0.8
+    entropy_coef: float = 0.0
 
 
 class TRPOInfo(NamedTuple):
@@ -508,7 +514,7 @@ def trpo_step(policy_apply: Callable, params: Any, batch: PolicyBatch,
     chex.assert_rank([batch.advantage, batch.old_log_prob], 1)
     theta_old, unravel = ravel_pytree(params)
     old_dist = jax.lax.stop_gradient(policy_apply(params, batch.obs))
-    surrogate_fn = lambda theta: surrogate(policy_apply, unravel(theta), batch)
+    surrogate_fn = lambda theta: surrogate(policy_apply, unravel(theta), batch, hp.entropy_coef)
     kl_fn = lambda theta: mean_kl(policy_apply, unravel(theta), old_dist, batch.obs)
     fvp = lambda v: fisher_vector_product(kl_fn, theta_old, v, hp.cg_damping)
 
@@ -696,7 +702,7 @@ def make_train(config: Config, progress: Callable | None = None, devices: int = 
 
 
 SWEEPABLE = ("gamma", "gae_lambda", "max_kl", "cg_damping", "line_search_shrink", "vf_lr",
-             "init_log_std")
+             "init_log_std", "entropy_coef")
 
 
 def make_sweep_train(config: Config, field: str, progress: Callable | None = None,

@@ -123,8 +123,9 @@ def curve(metrics, points=20):
              float(returns[:, i].mean())] for i in index]
 
 
-def run_env(env_name, seeds, episodes):
-    config = trpo.make_config(env_name, total_timesteps=budget(env_name), seed=HELDOUT_SEED)
+def run_env(env_name, seeds, episodes, overrides=None):
+    config = trpo.make_config(env_name, **{"total_timesteps": budget(env_name),
+                                           "seed": HELDOUT_SEED, **(overrides or {})})
     keys = jax.random.split(jax.random.PRNGKey(HELDOUT_SEED), seeds)
     start = time.perf_counter()
     state, metrics = jax.block_until_ready(jax.jit(jax.vmap(trpo.make_train(config)))(keys))
