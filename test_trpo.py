@@ -3,6 +3,7 @@ threshold."""
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -156,10 +157,13 @@ def test_observation_normalization_is_frozen_during_update_and_saved(tmp_path):
     np.testing.assert_allclose(np.asarray(new_state.obs_stats.mean), np.asarray(expected.mean),
                                rtol=1e-5, atol=1e-6)
     path = tmp_path / "n.msgpack"
-    trpo.save_checkpoint(str(path), config, new_state.policy_params, new_state.critic.params,
-                         new_state.obs_stats)
-    _, _, _, loaded = trpo.load_checkpoint(str(path))
-    np.testing.assert_array_equal(np.asarray(loaded.var), np.asarray(new_state.obs_stats.var))
+    as_runs = lambda tree: jax.tree.map(lambda x: np.asarray(x)[None, None], tree)
+    _, buffer = trpo.make_train_parts(config)[0](jax.random.PRNGKey(0))
+    trpo.save_checkpoint(str(path), trpo.Checkpoint(config, "max_kl", [config.max_kl], 1, 1,
+                                                    as_runs(new_state), as_runs(buffer)))
+    loaded = trpo.load_checkpoint(str(path)).state.obs_stats
+    np.testing.assert_array_equal(np.asarray(loaded.var)[0, 0],
+                                  np.asarray(new_state.obs_stats.var))
 
 
 def test_reward_scaling_statistics_match_python_loop():
@@ -283,6 +287,15 @@ def test_surrogate_value_matches_numpy():
         return (e / e.sum(-1, keepdims=True))[np.arange(len(logits)), np.asarray(batch.action)]
     reference = np.mean(probs(moved) / probs(params) * np.asarray(batch.advantage))
     assert float(trpo.surrogate(policy.apply, moved, batch)) == pytest.approx(reference, rel=1e-4)
+
+
+def test_entropy_bonus_adds_coef_times_mean_entropy():
+    policy, params, batch = random_policy_batch(True, jax.random.PRNGKey(5))
+    probs = np.asarray(jax.nn.softmax(policy.apply(params, batch.obs).logits), np.float64)
+    mean_entropy = float(np.mean(-(probs * np.log(probs)).sum(-1)))
+    plain = float(trpo.surrogate(policy.apply, params, batch))
+    bonus = float(trpo.surrogate(policy.apply, params, batch, entropy_coef=0.3))
+    assert bonus - plain == pytest.approx(0.3 * mean_entropy, rel=1e-4)
 
 
 @pytest.mark.parametrize("discrete", [True, False])
@@ -560,6 +573,20 @@ def test_property_random_configs_stay_finite():
     check()
 
 
+def test_chunked_run_equals_one_jit():
+    """The CLI's host loop over chunks of updates gives the numbers of make_train's one jit."""
+    config = tiny_config(total_timesteps=9 * 4 * 32)
+    key = jax.random.PRNGKey(3)
+    whole = jax.jit(trpo.make_train(config))(key)
+    init, run = trpo.make_train_parts(config)
+    run = jax.jit(run)
+    state, metrics = jax.jit(init)(key)
+    for start, stop in ((0, 2), (2, 3), (3, 7), (7, 9)):
+        state, metrics = run(state, metrics, start, stop)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves((state, metrics))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_sweep_with_one_value_equals_plain_run():
     config = tiny_config(max_kl=0.02)
     key = jax.random.PRNGKey(3)
@@ -650,7 +677,8 @@ def test_two_processes_match_one_process(tmp_path):
         assert "final training return" in (run / "0.out").read_text()
         if count == 2:  # process 1 trained but printed nothing and wrote nothing
             assert "final training return" not in (run / "1.out").read_text()
-        _, policy, critic, _ = trpo.load_checkpoint(str(run / "c.msgpack"))
+        state = trpo.load_checkpoint(str(run / "c.msgpack")).state
+        policy, critic = state.policy_params, state.critic.params
         results[count] = (json.loads((run / "m.json").read_text()), policy, critic)
     (m2, p2, c2), (m1, p1, c1) = results[2], results[1]
     gap = max(np.max(np.abs(np.asarray(m2[k], float) - np.asarray(m1[k], float)))
@@ -767,10 +795,10 @@ def test_iqm_and_bootstrap_interval_match_scipy():
 def test_cli_checkpoint_mismatch_names_the_field(tmp_path):
     ckpt = tmp_path / "c.msgpack"
     config = tiny_config()
-    init = jax.jit(lambda k: trpo.init_train_state(trpo.make_agent(config), config, k))
-    state = init(jax.random.PRNGKey(0))
-    trpo.save_checkpoint(str(ckpt), config, state.policy_params, state.critic.params,
-                         state.obs_stats)
+    state, buffer = jax.jit(trpo.make_train_parts(config)[0])(jax.random.PRNGKey(0))
+    as_runs = lambda tree: jax.tree.map(lambda x: np.asarray(x)[None, None], tree)
+    trpo.save_checkpoint(str(ckpt), trpo.Checkpoint(config, "max_kl", [config.max_kl], 1, 0,
+                                                    as_runs(state), as_runs(buffer)))
     mismatches = ((["--env", "Acrobot-v1"], "env_name"), (["--hidden_sizes", "8"], "hidden_sizes"))
     for args, field in mismatches:
         result = run_cli("--load", str(ckpt), "--eval", "1", *args)
@@ -870,13 +898,16 @@ def test_cli_outputs_checkpoint_roundtrip_and_eval(tmp_path):
     assert set(trpo.Metrics._fields) <= set(data) and len(data["episode_return"][0]) == 10
     # The atomic write left no temp file.
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
-    # The checkpoint restores exactly what a Python run with the same seed trains.
-    config, policy_params, _, _ = trpo.load_checkpoint(str(ckpt))
+    # The checkpoint restores exactly what a Python run with the same seeds trains.
+    saved = trpo.load_checkpoint(str(ckpt))
+    config = saved.config
     assert config == trpo.make_config(num_envs=4, num_steps=32, total_timesteps=1280)
-    state, _ = jax.jit(trpo.make_train(config))(jax.random.split(jax.random.PRNGKey(0), 2)[0])
-    # vmap vs one run
-    for a, b in zip(jax.tree.leaves(policy_params), jax.tree.leaves(state.policy_params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
+    assert (saved.seeds, saved.updates_done) == (2, 10)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    state, _ = jax.jit(jax.vmap(trpo.make_train(config)))(keys)
+    for a, b in zip(jax.tree.leaves(saved.state.policy_params),
+                    jax.tree.leaves(state.policy_params)):
+        np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b), rtol=1e-3, atol=1e-5)
     evaluated = run_cli("--load", str(ckpt), "--eval", "3")
     assert (evaluated.returncode == 0
             and "3 deterministic episodes" in evaluated.stdout), evaluated.stderr
@@ -995,3 +1026,97 @@ def test_cli_diverging_critic_is_loud(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "went non-finite at update" in lines[0], lines
     json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(name))
+
+
+def start_cli(tmp_path, name, *args):
+    """trpo.py in the background; returns the process and a function that waits for a line."""
+    out = open(tmp_path / f"{name}.out", "w")
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "trpo.py"), *args], cwd=tmp_path,
+                            stdout=out, stderr=open(tmp_path / f"{name}.err", "w"),
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def wait_for(text, count=1):
+        deadline = time.monotonic() + 300
+        while (tmp_path / f"{name}.out").read_text().count(text) < count:
+            assert proc.poll() is None and time.monotonic() < deadline, "never printed " + text
+            time.sleep(0.05)
+    return proc, wait_for
+
+
+STOP_RUN = ["--num_envs", "4", "--num_steps", "32", "--total_timesteps", "100000",
+            "--no-compile-cache"]
+
+
+def test_cli_stop_by_signal_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """SIGINT or SIGTERM mid-run: one line, the checkpoint and metrics so far, exit 130 or 143;
+    --resume then ends exactly where the uninterrupted run ends (metrics and every array)."""
+    whole = run_cli(*STOP_RUN, "--quiet", "--save", str(tmp_path / "whole.msgpack"),
+                    "--metrics", str(tmp_path / "whole.json"))
+    assert whole.returncode == 0, whole.stderr
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        name = sig.name
+        proc, wait_for = start_cli(tmp_path, name, *STOP_RUN, "--save", f"{name}.msgpack",
+                                   "--metrics", f"{name}.json")
+        wait_for("update ")
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == code
+        lines = (tmp_path / f"{name}.err").read_text().strip().splitlines()
+        assert len(lines) == 1 and f"stopped by {name} after update" in lines[0], lines
+        stopped = trpo.load_checkpoint(str(tmp_path / f"{name}.msgpack"))
+        assert 0 < stopped.updates_done < 781
+        partial = json.loads((tmp_path / f"{name}.json").read_text())
+        assert len(partial["kl"][0]) == stopped.updates_done
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+    resumed = run_cli("--resume", str(tmp_path / "SIGINT.msgpack"), "--quiet",
+                      "--metrics", str(tmp_path / "resumed.json"), "--no-compile-cache")
+    assert resumed.returncode == 0, resumed.stderr
+    expected = json.loads((tmp_path / "whole.json").read_text())
+    got = json.loads((tmp_path / "resumed.json").read_text())
+    assert all(got[k] == expected[k] for k in trpo.Metrics._fields)
+    a, b = (trpo.load_checkpoint(str(tmp_path / f)) for f in ("whole.msgpack", "SIGINT.msgpack"))
+    assert a.updates_done == b.updates_done == 781
+    for x, y in zip(jax.tree.leaves((a.state, a.metrics)), jax.tree.leaves((b.state, b.metrics))):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_cli_second_ctrl_c_exits_at_once(tmp_path):
+    proc, wait_for = start_cli(tmp_path, "twice", *STOP_RUN, "--total_timesteps", "2000000")
+    wait_for("update ", count=3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == -signal.SIGINT
+
+
+def test_cli_checkpoint_every_and_failing_outputs(tmp_path, monkeypatch):
+    """--checkpoint_every N saves after every N updates; a failing output (here the plot) prints
+    one line and exit 2, and the checkpoint and the other outputs are still written."""
+    saved = []
+    save = trpo.save_checkpoint
+    monkeypatch.setattr(trpo, "save_checkpoint",
+                        lambda path, ckpt: saved.append(ckpt.updates_done) or save(path, ckpt))
+    monkeypatch.setattr(trpo, "plot_curves", lambda *a: 1 / 0)
+    code = trpo.main(["--num_envs", "4", "--num_steps", "32", "--total_timesteps", str(10 * 128),
+                      "--quiet", "--no-compile-cache", "--checkpoint_every", "4", "--save",
+                      str(tmp_path / "c.msgpack"), "--plot", str(tmp_path / "p.png"),
+                      "--metrics", str(tmp_path / "m.json")])
+    assert code == 2 and saved == [4, 8, 10]
+    assert trpo.load_checkpoint(str(tmp_path / "c.msgpack")).updates_done == 10
+    assert len(json.loads((tmp_path / "m.json").read_text())["kl"][0]) == 10
+
+
+def test_cli_closed_stdout_or_ascii_terminal_keeps_the_model(tmp_path):
+    """stdout piped into `head -1`, or a terminal that cannot encode '±': the run goes on, and
+    the checkpoint is written."""
+    args = [sys.executable, os.path.join(HERE, "trpo.py"), "--num_envs", "4", "--num_steps", "32",
+            "--total_timesteps", "1280", "--no-compile-cache"]
+    proc = subprocess.Popen([*args, "--save", "a.msgpack"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    ascii_run = subprocess.run([*args, "--save", "b.msgpack"], cwd=tmp_path, capture_output=True,
+                               env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert ascii_run.returncode == 0 and b"final training return" in ascii_run.stdout
+    for name in ("a.msgpack", "b.msgpack"):
+        assert trpo.load_checkpoint(str(tmp_path / name)).updates_done == 10

@@ -17,10 +17,12 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple
 
 if __name__ == "__main__":  # as a script, hide XLA's C++ log lines (the compile cache's notices)
@@ -83,9 +85,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "MountainCarContinuous-v0": dict(normalize_observations=True, total_timesteps=50_000,
                                      init_log_std=0.75, anneal_max_kl=False),
     # one setting for all five games, as the paper's one setting for Atari: gymnax-blines' PPO
-    # batch (64 envs x 128 steps) and budget (10M steps)
+    # batch (64 envs x 128 steps) and budget (10M steps); entropy bonus 0.01 won a gamma x bonus
+    # grid on the tuning seeds (policies collapsed to near-deterministic without it)
     **{f"{game}-MinAtar": dict(num_envs=64, num_steps=128, vf_minibatches=8,
-                               total_timesteps=10_000_000)
+                               total_timesteps=10_000_000, entropy_coef=0.01)
        for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")},
 }
 RANGES = {"num_envs": (1, 2**31), "num_steps": (1, 2**31), "total_timesteps": (1, 2**31),
@@ -678,27 +681,46 @@ def make_agent_on_devices(config: Config, devices: int) -> Agent:
     return agent._replace(env_mesh=mesh)
 
 
-def make_train(config: Config, progress: Callable | None = None, devices: int = 1) -> Callable:
-    """Returns train(key) -> (final TrainState, Metrics with a leading [num_updates] axis).
-    The whole run is one lax.scan, so jax.jit(train) compiles once and
-    jax.jit(jax.vmap(train))(keys) trains many seeds. progress(update_index, metrics), if given,
-    is called from inside the jit through jax.debug.callback about every 2% of updates."""
+def make_train_parts(config: Config, progress: Callable | None = None,
+                     devices: int = 1) -> tuple[Callable, Callable]:
+    """make_train split at its update loop: init(key) -> (TrainState, Metrics buffer with a
+    leading [num_updates] axis), and run(state, metrics, start, stop) -> both after updates
+    start .. stop - 1. A host can run the updates in chunks (and stop, save and resume between
+    them); the numbers do not depend on where the chunks end. progress(update_index, metrics),
+    if given, is called from inside the jit through jax.debug.callback every ~2% of updates."""
     agent = make_agent_on_devices(config, devices)
     updates = num_updates(config)
     report_every = max(1, math.ceil(updates / 50))
 
-    def scan_body(state: TrainState, index: jax.Array):
+    def init(key: jax.Array) -> tuple[TrainState, Metrics]:
+        state = init_train_state(agent, config, key)
+        shapes = jax.eval_shape(lambda s: update_step(agent, config, s)[1], state)
+        return state, jax.tree.map(lambda x: jnp.zeros((updates, *x.shape), x.dtype), shapes)
+
+    def body(carry: tuple[jax.Array, TrainState, Metrics]):
+        index, state, buffer = carry
         state, metrics = update_step(agent, config, state)
         if progress is not None:
             report = (index % report_every == 0) | (index == updates - 1)
             jax.lax.cond(report, lambda i, m: jax.debug.callback(progress, i, m),
                          lambda i, m: None, index, metrics)
+        buffer = jax.tree.map(lambda b, m: b.at[index].set(m), buffer, metrics)
+        return index + 1, state, buffer
+
+    def run(state: TrainState, metrics: Metrics, start: jax.Array, stop: jax.Array):
+        _, state, metrics = jax.lax.while_loop(lambda c: c[0] < stop, body,
+                                               (jnp.asarray(start), state, metrics))
         return state, metrics
 
-    def train(key: jax.Array) -> tuple[TrainState, Metrics]:
-        return jax.lax.scan(scan_body, init_train_state(agent, config, key), jnp.arange(updates))
+    return init, run
 
-    return train
+
+def make_train(config: Config, progress: Callable | None = None, devices: int = 1) -> Callable:
+    """Returns train(key) -> (final TrainState, Metrics with a leading [num_updates] axis).
+    The whole run is one loop inside one function, so jax.jit(train) compiles once and
+    jax.jit(jax.vmap(train))(keys) trains many seeds."""
+    init, run = make_train_parts(config, progress, devices)
+    return lambda key: run(*init(key), 0, num_updates(config))
 
 
 SWEEPABLE = ("gamma", "gae_lambda", "max_kl", "cg_damping", "line_search_shrink", "vf_lr",
@@ -787,12 +809,24 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- 10. CLI
-def save_checkpoint(path: str, config: Config, policy_params: Any, value_params: Any,
-                    obs_stats: RunningStats) -> None:
-    """Write params, Config and observation statistics as msgpack, atomically."""
+class Checkpoint(NamedTuple):
+    """A run, whole: its Config, the [values, seeds] runs (a plain run is a sweep of one value),
+    the TrainState and Metrics buffer of every run (leading [values, seeds] axes), and how many
+    updates are done. It resumes bit for bit."""
+    config: Config
+    sweep_field: str
+    sweep_values: list[float]
+    seeds: int
+    updates_done: int
+    state: TrainState
+    metrics: Metrics
+
+
+def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
+    """Write the checkpoint as msgpack, atomically (a temp file, fsync, rename)."""
+    config = ckpt.config
     config_dict = {**dataclasses.asdict(config), "hidden_sizes": list(config.hidden_sizes)}
-    payload = {"config": config_dict, "policy_params": policy_params,
-               "value_params": value_params, "obs_stats": obs_stats._asdict()}
+    payload = {**ckpt._asdict(), "config": config_dict, "format": 2}
     to_numpy = lambda x: np.asarray(x) if isinstance(x, jax.Array) else x
     data = serialization.msgpack_serialize(
         jax.tree.map(to_numpy, serialization.to_state_dict(payload)))
@@ -809,44 +843,58 @@ def save_checkpoint(path: str, config: Config, policy_params: Any, value_params:
         raise
 
 
-def load_checkpoint(path: str, expect: dict[str, Any] | None = None
-                    ) -> tuple[Config, Any, Any, RunningStats]:
-    """Read a checkpoint; ValueError if it is missing or corrupt, or if a Config field named in
-    `expect` (env_name, hidden_sizes, ...) differs from the saved one."""
+def checkpoint_template(config: Config, field: str, values: list[float], seeds: int) -> Any:
+    """Shapes and dtypes of the (TrainState, Metrics) of [values, seeds] runs, without running."""
+    init = lambda v, key: make_train_parts(dataclasses.replace(config, **{field: v}))[0](key)
+    keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+    return jax.eval_shape(jax.vmap(jax.vmap(init, (None, 0)), (0, None)),
+                          jnp.asarray(values, jnp.float32), keys)
+
+
+def load_checkpoint(path: str, expect: dict[str, Any] | None = None) -> Checkpoint:
+    """Read a checkpoint; ValueError if it is missing, not a regular file under 1 GiB, corrupt, or
+    if a Config field named in `expect` (env_name, hidden_sizes, ...) differs from the saved one."""
     if os.path.exists(path) and not (os.path.isfile(path) and os.path.getsize(path) < 2**30):
         raise ValueError(f"checkpoint {path}: not a regular file under 1 GiB")
     try:
         with open(path, "rb") as f:
             raw = serialization.msgpack_restore(f.read())
+        if raw.get("format") != 2:
+            raise ValueError("not a trpo.py checkpoint of format 2")
         saved = dict(raw["config"])
         sizes = saved["hidden_sizes"]
         saved["hidden_sizes"] = tuple(int(h) for h in (sizes.values() if isinstance(sizes, dict)
                                                        else sizes))
         config = Config(**{k: v.item() if hasattr(v, "item") else v for k, v in saved.items()})
+        values = [float(v) for v in (raw["sweep_values"].values()
+                                     if isinstance(raw["sweep_values"], dict)
+                                     else raw["sweep_values"])]
+        field, seeds, done = str(raw["sweep_field"]), int(raw["seeds"]), int(raw["updates_done"])
     except FileNotFoundError:
         raise ValueError(f"checkpoint not found: {path}") from None
     except Exception as error:
         raise ValueError(f"corrupt checkpoint {path}: {type(error).__name__}") from None
-    for field, value in (expect or {}).items():
-        if getattr(config, field) != value:
-            raise ValueError(f"checkpoint {path} has {field}={getattr(config, field)!r}, "
-                             f"but this run asks for {field}={value!r}")
+    for name, value in (expect or {}).items():
+        if getattr(config, name) != value:
+            raise ValueError(f"checkpoint {path} has {name}={getattr(config, name)!r}, "
+                             f"but this run asks for {name}={value!r}")
     try:
-        agent = make_agent(config)
-        template = jax.eval_shape(lambda k: init_train_state(agent, config, k),
-                                  jax.random.PRNGKey(0))
-        policy_params = serialization.from_state_dict(template.policy_params, raw["policy_params"])
-        value_params = serialization.from_state_dict(template.critic.params, raw["value_params"])
-        obs_stats = RunningStats(**{k: jnp.asarray(v) for k, v in raw["obs_stats"].items()})
-        restored = (policy_params, value_params, obs_stats.mean, obs_stats.var)
-        wanted = (template.policy_params, template.critic.params, template.obs_stats.mean,
-                  template.obs_stats.var)
-        for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(wanted)):
-            if np.shape(got) != want.shape:
-                raise ValueError(f"shape {np.shape(got)} != {want.shape}")
+        validate_config(config)
+        if not (make_sweep_train(config, field) and 0 < seeds < 2**20 and values
+                and 0 <= done <= num_updates(config)):
+            raise ValueError(f"runs {field}={values} x {seeds} seeds, {done} updates done")
+        state, metrics = checkpoint_template(config, field, values, seeds)
+        state = serialization.from_state_dict(state, raw["state"])
+        metrics = serialization.from_state_dict(metrics, raw["metrics"])
+        for got, want in zip(jax.tree.leaves((state, metrics)),
+                             jax.tree.leaves(checkpoint_template(config, field, values, seeds))):
+            if np.shape(got) != want.shape or np.asarray(got).dtype != want.dtype:
+                raise ValueError(f"{np.asarray(got).dtype}{list(np.shape(got))} where "
+                                 f"{want.dtype}{list(want.shape)} belongs")
     except Exception as error:
-        raise ValueError(f"checkpoint {path} does not match the architecture: {error}") from None
-    return config, policy_params, value_params, obs_stats
+        raise ValueError(f"checkpoint {path} does not match the architecture: "
+                         f"{' '.join(str(error).split())[:200]}") from None
+    return Checkpoint(config, field, values, seeds, done, state, metrics)
 
 
 def render_gif(path: str, config: Config, policy_params: Any, obs_stats: RunningStats) -> int:
@@ -914,7 +962,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--plot", metavar="PATH.png", help="save the learning curves")
     add("--metrics", metavar="PATH", help="per-update metrics and eval returns (.csv or .json)")
     add("--save", metavar="PATH", help="save the first seed's checkpoint (msgpack)")
-    add("--load", metavar="PATH", help="load a checkpoint instead of training")
+    add("--load", metavar="PATH", help="load a checkpoint to evaluate or render, not to train")
+    add("--resume", metavar="PATH", help="continue the checkpoint's run (saved again to PATH, or "
+        "to --save)")
+    add("--checkpoint_every", type=int, metavar="N", help="write the checkpoint every N updates")
     add("--eval", type=int, default=0, metavar="N",
         help="N deterministic episodes per trained seed, then IQM and worst seed (--load: 10)")
     add("--render", metavar="PATH.gif", help="GIF of one deterministic episode (first seed)")
@@ -952,7 +1003,7 @@ def parse_cli(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         if not low <= getattr(args, flag) < 2**20:
             raise ValueError(f"--{flag} must be in [{low}, 2**20), got {getattr(args, flag)}")
     for flag, suffixes in (("plot", (".png",)), ("metrics", (".csv", ".json")),
-                           ("save", ("",)), ("render", (".gif",))):
+                           ("save", ("",)), ("render", (".gif",)), ("resume", ("",))):
         path = getattr(args, flag)
         if path is None:
             continue
@@ -961,9 +1012,18 @@ def parse_cli(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
                              f"{' or '.join(suffixes)}")
         if not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
             raise ValueError(f"--{flag} {path}: its directory does not exist or is not writable")
-    if args.load and (args.save or args.metrics or args.plot or args.sweep or args.seeds != 1):
+    if args.load and (args.save or args.metrics or args.plot or args.sweep or args.seeds != 1
+                      or args.resume or args.checkpoint_every):
         raise ValueError("--load evaluates (--eval, --render) a saved policy; --save, --metrics, "
-                         "--plot, --sweep and --seeds apply to training only")
+                         "--plot, --sweep, --seeds, --resume and --checkpoint_every apply to "
+                         "training only")
+    if args.resume and (explicit or args.sweep or args.seeds != 1 or jax.process_count() > 1):
+        drop = " ".join("--" + k for k in explicit) or "--sweep/--seeds"
+        raise ValueError("--resume continues the saved run with its own settings and seeds, in "
+                         f"one process; drop {drop}")
+    if args.checkpoint_every is not None and not (
+            0 < args.checkpoint_every < 2**31 and (args.save or args.resume)):
+        raise ValueError("--checkpoint_every N needs N >= 1 and a --save (or --resume) path")
     if args.render and config.env_name not in DRAWABLE:
         raise ValueError(f"--render: gymnax cannot draw {config.env_name}; it draws "
                          f"{', '.join(DRAWABLE)}")
@@ -1072,11 +1132,11 @@ def make_progress_printer(config: Config, num_runs: int, clock: list[float]) -> 
         del pending[int(index)]
         mean = lambda name: float(np.mean([getattr(m, name) for m in runs]))
         steps = int(runs[0].env_steps)
-        rate = steps * num_runs / max(time.perf_counter() - clock[0], 1e-9)
-        print(f"update {int(index) + 1:4d}/{num_updates(config)}  steps {steps:9d}  "
-              f"{rate:9.0f} steps/s  return {mean('episode_return'):8.1f}  kl {mean('kl'):.4f}  "
-              f"accepted {mean('line_search_accepted'):.2f}  "
-              f"explained_var {mean('explained_variance'):.2f}", flush=True)
+        rate = (steps - clock[1]) * num_runs / max(time.perf_counter() - clock[0], 1e-9)
+        say(f"update {int(index) + 1:4d}/{num_updates(config)}  steps {steps:9d}  "
+            f"{rate:9.0f} steps/s  return {mean('episode_return'):8.1f}  kl {mean('kl'):.4f}  "
+            f"accepted {mean('line_search_accepted'):.2f}  "
+            f"explained_var {mean('explained_variance'):.2f}")
 
     return progress
 
@@ -1141,34 +1201,107 @@ def numerical_failures(metrics: Metrics) -> list[str]:
     return failures
 
 
-def train_runs(config: Config, args: argparse.Namespace) -> tuple[tuple, float]:
-    """All [values, seeds] runs in one jit; returns policy params, observation statistics, critic
-    params and metrics as this host's arrays, each with a flat [runs] axis, and the run time."""
-    values, seeds = jnp.asarray(args.sweep_values, jnp.float32), args.seeds
-    clock = [time.perf_counter()]
-    progress = None if args.quiet else make_progress_printer(config, len(values) * seeds, clock)
-    one = make_sweep_train(config, args.sweep_field, progress, args.devices)
-    train = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
-    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
-    compiled = train.lower(values, keys).compile()
-    compile_time, clock[0] = time.perf_counter() - clock[0], time.perf_counter()
-    state, metrics = jax.block_until_ready(compiled(values, keys))
-    run_time = time.perf_counter() - clock[0]
-    print(f"compile {compile_time:.1f} s, run {run_time:.1f} s "
-          f"({len(values) * seeds * config.total_timesteps / run_time:,.0f} steps/s)")
-    kept = (state.policy_params, state.obs_stats, state.critic.params, metrics)
-    if jax.process_count() > 1:  # global arrays -> host copies, on every process
+def host_copy(tree: Any) -> Any:
+    """numpy copies of (possibly sharded, possibly multi-process) arrays, on every process."""
+    if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        kept = multihost_utils.process_allgather(kept, tiled=True)
-    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), kept), run_time
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, tree)
+
+
+def catch_stop_signals(received: list[int]) -> dict:
+    """The first SIGINT or SIGTERM is appended to `received` (training stops after its current
+    chunk); a second SIGINT then ends the process at once. Returns the previous handlers."""
+    def handler(signum, frame):
+        received.append(signum)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def train_runs(config: Config, args: argparse.Namespace,
+               resumed: Checkpoint | None) -> tuple[Checkpoint, int]:
+    """The [values, seeds] runs as a host loop over jitted chunks of updates, each about 2 s and
+    ending at every --checkpoint_every multiple (written to --save). A SIGINT or SIGTERM stops it
+    after the current chunk. Returns the run as a Checkpoint of host arrays, and the signal that
+    stopped it (0 if none). The numbers are those of make_train's one jit."""
+    field, values, seeds = args.sweep_field, args.sweep_values, args.seeds
+    updates = num_updates(config)
+    every = args.checkpoint_every or updates
+    clock, received = [time.perf_counter(), 0], []
+    handlers = catch_stop_signals(received)
+    progress = None if args.quiet else make_progress_printer(config, len(values) * seeds, clock)
+    parts = lambda v: make_train_parts(dataclasses.replace(config, **{field: v}), progress,
+                                       args.devices)
+    init = jax.jit(jax.vmap(jax.vmap(lambda v, k: parts(v)[0](k), (None, 0)), (0, None)))
+    run = jax.jit(jax.vmap(jax.vmap(lambda v, *a: parts(v)[1](*a), (None, 0, 0, None, None)),
+                           (0, 0, 0, None, None)))
+    vals = jnp.asarray(values, jnp.float32)
+    if resumed is None:
+        (state, metrics), done = init(vals, jax.random.split(jax.random.PRNGKey(config.seed),
+                                                             seeds)), 0
+    else:
+        state, metrics, done = resumed.state, resumed.metrics, resumed.updates_done
+    compiled = run.lower(vals, state, metrics, np.int32(0), np.int32(0)).compile()
+    compile_time, first = time.perf_counter() - clock[0], done
+    clock[:] = [time.perf_counter(), done * config.num_envs * config.num_steps]
+    chunk = 1
+    try:
+        with ThreadPoolExecutor(1) as pool:  # the main thread stays free to take signals
+            while done < updates:
+                stop = min(updates, done + chunk, (done // every + 1) * every)
+                if jax.process_count() > 1:  # every process stops where process 0 stops
+                    from jax.experimental import multihost_utils
+                    stop, signum = multihost_utils.broadcast_one_to_all(
+                        np.array([stop, received[0] if received else 0]))
+                    received[:] = [int(signum)] if signum else []
+                if received:
+                    break
+                began = time.perf_counter()
+                future = pool.submit(lambda *a: jax.block_until_ready(compiled(*a)), vals, state,
+                                     metrics, np.int32(done), np.int32(stop))
+                while not future.done():
+                    time.sleep(0.05)
+                state, metrics = future.result()
+                seconds = max(time.perf_counter() - began, 1e-3)
+                chunk = max(1, min(4 * (stop - done), round(2.0 * (stop - done) / seconds)))
+                done = int(stop)
+                if args.save and done % every == 0 and done < updates:
+                    save_checkpoint(args.save, Checkpoint(config, field, values, seeds, done,
+                                                          *host_copy((state, metrics))))
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    run_time = time.perf_counter() - clock[0]
+    steps = (done - first) * len(values) * seeds * config.num_envs * config.num_steps
+    say(f"compile {compile_time:.1f} s, run {run_time:.1f} s ({steps / run_time:,.0f} steps/s)")
+    ckpt = Checkpoint(config, field, values, seeds, done, *host_copy((state, metrics)))
+    return ckpt, received[0] if received else 0
+
+
+def say(*parts: Any, file: Any = None) -> None:
+    """print and flush; a closed stdout (| head) silences the rest of the run instead of ending
+    it, and characters the terminal cannot encode are replaced."""
+    file = file or sys.stdout
+    try:
+        print(*parts, file=file, flush=True)
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), file.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(errors="replace")
     try:
         config, args = parse_cli(argv)
-        loaded = load_checkpoint(args.load, args.architecture) if args.load else None
+        loaded = load_checkpoint(args.load or args.resume, args.architecture) if (
+            args.load or args.resume) else None
+        if args.resume:
+            config = loaded.config
+            args.sweep_field, args.sweep_values, args.seeds = loaded[1:4]
+            if args.save is None:
+                args.save = args.resume
     except ValueError as error:
-        print(f"trpo.py: error: {' '.join(str(error).split())}", file=sys.stderr)  # one line
+        say(f"trpo.py: error: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         return 2
     if not args.no_compile_cache:
         enable_compile_cache()
@@ -1176,66 +1309,102 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         args.save = args.metrics = args.plot = args.render = None
         args.eval = 0
-    field, values, seeds = args.sweep_field, args.sweep_values, args.seeds
-    if loaded is not None:
-        config, policy_params, value_params, obs_stats = loaded
-        metrics, seeds, args.eval = None, 1, args.eval or 10
-        as_runs = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
-        policies, stats = as_runs(policy_params), as_runs(obs_stats)  # one run
+    stopped = 0
+    if args.load:
+        ckpt, args.eval = loaded, args.eval or 10
     else:
-        print(f"TRPO on {config.env_name}: {len(values)} value(s) x {seeds} seed(s) x "
-              f"{num_updates(config)} updates x {config.num_envs * config.num_steps} steps",
-              flush=True)
+        say(f"TRPO on {config.env_name}: {len(args.sweep_values)} value(s) x {args.seeds} "
+            f"seed(s) x {num_updates(config)} updates x {config.num_envs * config.num_steps} "
+            + (f"steps, resumed after update {loaded.updates_done}" if args.resume else "steps"))
         try:
-            (policies, stats, critics, metrics), _ = train_runs(config, args)
+            ckpt, stopped = train_runs(config, args, loaded if args.resume else None)
             args.training_done.set()
             if jax.process_index() > 0:  # process 0 writes; its peers leave without a shutdown
                 os._exit(0)  # handshake, which would fail once process 0 has closed the service
         except jax.errors.JaxRuntimeError as error:
             if jax.process_count() == 1:
                 raise
-            print(f"trpo.py: error: process {jax.process_index()} lost a peer: "
-                  f"{str(error).splitlines()[0]}", file=sys.stderr, flush=True)
+            say(f"trpo.py: error: process {jax.process_index()} lost a peer: "
+                f"{str(error).splitlines()[0]}", file=sys.stderr)
             os._exit(1)  # not sys.exit: jax.distributed's shutdown would wait for the lost peer
-    labels = [f"{field}={v:g}" if args.sweep else "" for v in values]
-    runs = [{**({field: v} if args.sweep else {}), "seed": config.seed, "seed_index": s}
+        if stopped and args.save is None:
+            args.save = f"trpo-{config.env_name}-stopped.msgpack"
+    return write_outputs(ckpt, args, stopped)
+
+
+def write_outputs(ckpt: Checkpoint, args: argparse.Namespace, stopped: int) -> int:
+    """The checkpoint first, then the summary, eval, metrics, plot and GIF; each output that
+    fails prints one line and the others still run. Returns the exit code: 128 + the signal
+    that stopped training, else 2 if an output or the numbers failed, else 0."""
+    config, field, values, seeds, done = ckpt[:5]
+    flat = lambda tree: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
+    policies, stats = flat((ckpt.state.policy_params, ckpt.state.obs_stats))
+    metrics = None if args.load else flat(jax.tree.map(lambda x: x[:, :, :done], ckpt.metrics))
+    sweep = len(values) > 1 or field != "max_kl" or bool(getattr(args, "sweep", None))
+    labels = [f"{field}={v:g}" if sweep else "" for v in values]
+    runs = [{**({field: v} if sweep else {}), "seed": config.seed, "seed_index": s}
             for v in values for s in range(seeds)]
-    for i, label in enumerate(labels if metrics is not None else []):
-        final = np.asarray(metrics.episode_return)[i * seeds:(i + 1) * seeds, -1]
-        print(f"{label + ': ' if label else ''}final training return {final.mean():.1f} ± "
-              f"{final.std():.1f} over {seeds} seed(s) [{', '.join(f'{r:.1f}' for r in final)}]")
-    failures = [] if metrics is None else numerical_failures(metrics)
-    if metrics is not None:
-        print(f"line-search acceptance {float(np.mean(metrics.line_search_accepted)):.2f}")
-    for failure in failures:
-        print(f"trpo.py: {failure}", file=sys.stderr, flush=True)
-    first = jax.tree.map(lambda x: x[0], (policies, stats))
+    errors = []
+
+    def output(flag: str, write: Callable) -> None:
+        try:
+            write()
+        except Exception as error:
+            errors.append(flag)
+            say(f"trpo.py: error: {flag} failed: {type(error).__name__}: "
+                f"{' '.join(str(error).split())[:300]}", file=sys.stderr)
+
     if args.save:
-        critic = jax.tree.map(lambda x: x[0], critics)
-        first_config = dataclasses.replace(config, **{field: values[0]})  # the first run's
-        save_checkpoint(args.save, first_config, first[0], critic, first[1])
-        print(f"saved checkpoint (first seed) to {args.save}")
-    if args.eval:
+        output("--save", lambda: save_checkpoint(args.save, ckpt))
+        if "--save" not in errors:
+            say(f"saved the checkpoint (after update {done}) to {args.save}")
+    if stopped:
+        name = signal.Signals(stopped).name
+        say(f"trpo.py: stopped by {name} after update {done} of {num_updates(config)}; "
+            + (f"continue with --resume {args.save}" if "--save" not in errors else
+               "the checkpoint could not be written"), file=sys.stderr)
+    failures = [] if metrics is None or not done else numerical_failures(metrics)
+    for i, label in enumerate(labels if metrics is not None and done else []):
+        final = np.asarray(metrics.episode_return)[i * seeds:(i + 1) * seeds, -1]
+        say(f"{label + ': ' if label else ''}final training return {final.mean():.1f} ± "
+            f"{final.std():.1f} over {seeds} seed(s) [{', '.join(f'{r:.1f}' for r in final)}]")
+    if metrics is not None and done:
+        say(f"line-search acceptance {float(np.mean(metrics.line_search_accepted)):.2f}")
+    for failure in failures:
+        say(f"trpo.py: {failure}", file=sys.stderr)
+
+    def evaluate_all():
         returns = evaluate_seeds(config, policies, stats, args.eval)
         for i, label in enumerate(labels):
             per_seed = returns[i * seeds:(i + 1) * seeds]
             for s, r in enumerate(per_seed):
                 runs[i * seeds + s]["eval_return"] = float(r)
-            print(f"eval{' ' + label if label else ''}: {args.eval} deterministic episodes per "
-                  f"seed on {config.env_name}, {seeds} seed(s) "
-                  f"[{', '.join(f'{r:.1f}' for r in per_seed)}]: "
-                  f"{format_summary(summarize_seeds(per_seed, SOLVED.get(config.env_name)))}")
-    if args.metrics and metrics is not None:
-        write_metrics(args.metrics, metrics, runs)
-    if args.plot and metrics is not None:
+            say(f"eval{' ' + label if label else ''}: {args.eval} deterministic episodes per "
+                f"seed on {config.env_name}, {seeds} seed(s) "
+                f"[{', '.join(f'{r:.1f}' for r in per_seed)}]: "
+                f"{format_summary(summarize_seeds(per_seed, SOLVED.get(config.env_name)))}")
+
+    def plot():
         label = lambda i: labels[i] or f"trpo.py ({seeds} seeds)"
-        curves = {label(i): jax.tree.map(lambda x: x[i * seeds:(i + 1) * seeds], metrics)
-                  for i in range(len(values))}
-        plot_curves(args.plot, curves, config.env_name)
+        plot_curves(args.plot, {label(i): jax.tree.map(lambda x: x[i * seeds:(i + 1) * seeds],
+                                                       metrics) for i in range(len(values))},
+                    config.env_name)
+
+    def render():
+        length = render_gif(args.render, config, *jax.tree.map(lambda x: x[0], (policies, stats)))
+        say(f"rendered a {length}-step deterministic episode to {args.render}")
+
+    if args.eval:
+        output("--eval", evaluate_all)
+    if args.metrics and metrics is not None and done:
+        output("--metrics", lambda: write_metrics(args.metrics, metrics, runs))
+    if args.plot and metrics is not None and done:
+        output("--plot", plot)
     if args.render:
-        length = render_gif(args.render, config, *first)
-        print(f"rendered a {length}-step deterministic episode to {args.render}")
-    return 2 if any(f.startswith("error") for f in failures) else 0
+        output("--render", render)
+    if stopped:
+        return 128 + stopped
+    return 2 if errors or any(f.startswith("error") for f in failures) else 0
 
 
 if __name__ == "__main__":
