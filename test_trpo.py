@@ -1120,3 +1120,22 @@ def test_cli_closed_stdout_or_ascii_terminal_keeps_the_model(tmp_path):
     assert ascii_run.returncode == 0 and b"final training return" in ascii_run.stdout
     for name in ("a.msgpack", "b.msgpack"):
         assert trpo.load_checkpoint(str(tmp_path / name)).updates_done == 10
+
+
+def test_cli_corrupt_compile_cache_heals_after_one_run(tmp_path):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # set by importing jax; a user's shell has not got it
+    run = lambda: subprocess.run([sys.executable, os.path.join(HERE, "trpo.py"), "--num_envs", "4",
+                                  "--num_steps", "32", "--total_timesteps", "256", "--quiet"],
+                                 capture_output=True, text=True, timeout=300, env=env)
+    assert run().returncode == 0
+    entries = list((tmp_path / "trpo-jax").glob("*-cache"))
+    assert entries
+    for entry in entries:
+        entry.write_bytes(b"garbage")
+    healing = run()
+    assert healing.returncode == 0 and "Traceback" not in healing.stderr
+    assert healing.stderr.count("\n") == 1 and "compilation cache" in healing.stderr
+    healed = run()
+    assert healed.returncode == 0 and healed.stderr == ""
+    assert all(entry.stat().st_size > 100 for entry in entries)

@@ -12,6 +12,7 @@ hyperparameters as plain arguments (or TRPOHyperparams), never Config.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple
 
@@ -823,13 +825,15 @@ class Checkpoint(NamedTuple):
 
 
 def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
-    """Write the checkpoint as msgpack, atomically (a temp file, fsync, rename)."""
+    """Write the checkpoint as msgpack, atomically (a temp file, fsync, rename; SIGINT and
+    SIGTERM wait until it is done)."""
     config = ckpt.config
     config_dict = {**dataclasses.asdict(config), "hidden_sizes": list(config.hidden_sizes)}
     payload = {**ckpt._asdict(), "config": config_dict, "format": 2}
     to_numpy = lambda x: np.asarray(x) if isinstance(x, jax.Array) else x
     data = serialization.msgpack_serialize(
         jax.tree.map(to_numpy, serialization.to_state_dict(payload)))
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
                                suffix=".msgpack")
     try:
@@ -841,6 +845,8 @@ def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def checkpoint_template(config: Config, field: str, values: list[float], seeds: int) -> Any:
@@ -1114,10 +1120,31 @@ def watch_peers(training_done: threading.Event) -> None:
 
 
 def enable_compile_cache() -> None:
+    """Compiled programs persist in $XDG_CACHE_HOME/trpo-jax (~/.cache/trpo-jax if it is unset or
+    empty). JAX never replaces an entry that fails to load, so such an entry is deleted here and
+    the recompiled program is written in its place; one line says so."""
+    from jax._src import compilation_cache
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    jax.config.update("jax_compilation_cache_dir", os.path.join(cache_home, "trpo-jax"))
+    cache_dir = os.path.join(cache_home, "trpo-jax")
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    warnings.filterwarnings("ignore", "Error reading persistent compilation cache entry")
+    read, removed = compilation_cache.get_executable_and_time, []
+
+    def read_or_remove(cache_key: str, *args: Any) -> Any:
+        try:
+            return read(cache_key, *args)
+        except Exception:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(cache_dir, f"{cache_key}-cache"))
+            if not removed:
+                say(f"trpo.py: removed unreadable entries of the compilation cache {cache_dir}; "
+                    "each is recompiled and written again", file=sys.stderr)
+            removed.append(cache_key)
+            raise
+
+    compilation_cache.get_executable_and_time = read_or_remove
 
 
 def make_progress_printer(config: Config, num_runs: int, clock: list[float]) -> Callable:
@@ -1321,7 +1348,12 @@ def main(argv: list[str] | None = None) -> int:
             args.training_done.set()
             if jax.process_index() > 0:  # process 0 writes; its peers leave without a shutdown
                 os._exit(0)  # handshake, which would fail once process 0 has closed the service
-        except jax.errors.JaxRuntimeError as error:
+        except (jax.errors.JaxRuntimeError, MemoryError) as error:
+            if "memory" in str(error).lower() or isinstance(error, MemoryError):
+                text = " ".join(str(error).split())
+                detail = text[max(0, text.lower().find("out of memory")):][:60]
+                say(f"trpo.py: error: {detail}: {too_large(config, args)}", file=sys.stderr)
+                return 2
             if jax.process_count() == 1:
                 raise
             say(f"trpo.py: error: process {jax.process_index()} lost a peer: "
@@ -1330,6 +1362,16 @@ def main(argv: list[str] | None = None) -> int:
         if stopped and args.save is None:
             args.save = f"trpo-{config.env_name}-stopped.msgpack"
     return write_outputs(ckpt, args, stopped)
+
+
+def too_large(config: Config, args: argparse.Namespace) -> str:
+    """Which flags made a run that does not fit: the weights or the batch, times the runs."""
+    sizes, runs = config.hidden_sizes, len(args.sweep_values) * args.seeds
+    weights = sum(a * b for a, b in zip(sizes, sizes[1:])) + 64 * sizes[0]
+    batch = config.num_envs * config.num_steps * 64
+    flags = "--hidden_sizes" if 4 * weights > batch else "--num_envs and --num_steps"
+    return (f"lower {flags}" + (f", or the {runs} runs (--seeds x sweep values)" if runs > 1
+                                else ""))
 
 
 def write_outputs(ckpt: Checkpoint, args: argparse.Namespace, stopped: int) -> int:
