@@ -870,6 +870,11 @@ BAD_INPUTS = {
     "auto with explicit settings": (["--distributed", "auto", "--num_processes", "2"], "auto"),
     "save onto a device": (["--save", "/dev/null"], "regular file"),
     "load a device": (["--load", "/dev/zero"], "regular file"),
+    "empty save path": (["--save", ""], "--save"),
+    "empty sweep": (["--sweep", ""], "--sweep"),
+    "resume with a training flag": (["--resume", "x.msgpack", "--max_kl", "0.02"], "--max_kl"),
+    "checkpoint_every without save": (["--checkpoint_every", "5"], "--save"),
+    "load with resume": (["--load", "x.msgpack", "--resume", "y.msgpack"], "--load"),
 }
 
 
@@ -1019,13 +1024,24 @@ def test_numerical_failures_name_the_first_bad_update_or_a_stalled_line_search()
 
 
 def test_cli_diverging_critic_is_loud(tmp_path):
-    path = tmp_path / "m.json"
-    result = run_cli("--num_envs", "4", "--num_steps", "32", "--total_timesteps", "512",
-                     "--vf_lr", "1e30", "--quiet", "--no-compile-cache", "--metrics", str(path))
+    """A NaN critic stops training with one line naming the update; the checkpoint keeps the last
+    finite state, and a checkpoint holding NaN is refused."""
+    path, ckpt = tmp_path / "m.json", tmp_path / "c.msgpack"
+    result = run_cli("--num_envs", "4", "--num_steps", "32", "--total_timesteps", "5120",
+                     "--vf_lr", "1e30", "--quiet", "--no-compile-cache", "--metrics", str(path),
+                     "--save", str(ckpt))
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "went non-finite at update" in lines[0], lines
-    json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert len(lines) == 1 and "value_loss went non-finite at update 1" in lines[0], lines
+    data = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert data["value_loss"][0] == [None]
+    saved = trpo.load_checkpoint(str(ckpt))
+    assert saved.updates_done == 0
+    poisoned = saved._replace(state=saved.state._replace(critic=jax.tree.map(
+        lambda x: np.full_like(x, np.nan) if x.dtype == np.float32 else x, saved.state.critic)))
+    trpo.save_checkpoint(str(ckpt), poisoned)
+    with pytest.raises(ValueError, match="non-finite"):
+        trpo.load_checkpoint(str(ckpt))
 
 
 def start_cli(tmp_path, name, *args):

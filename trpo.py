@@ -900,6 +900,9 @@ def load_checkpoint(path: str, expect: dict[str, Any] | None = None) -> Checkpoi
     except Exception as error:
         raise ValueError(f"checkpoint {path} does not match the architecture: "
                          f"{' '.join(str(error).split())[:200]}") from None
+    if not all(np.isfinite(x).all() for x in jax.tree.leaves(state) if np.issubdtype(
+            np.asarray(x).dtype, np.floating)):
+        raise ValueError(f"checkpoint {path} holds non-finite numbers; it cannot be used")
     return Checkpoint(config, field, values, seeds, done, state, metrics)
 
 
@@ -999,6 +1002,9 @@ def parse_cli(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         raise ValueError(str(error)) from None
     if unknown:
         raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
+    for flag in ("plot", "metrics", "save", "load", "resume", "render", "sweep", "coordinator"):
+        if getattr(args, flag) == "":
+            raise ValueError(f"--{flag} needs a value, got an empty string")
     init_distributed(args)  # before make_config: gymnax starts JAX when imported
     explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                 if getattr(args, f.name) is not None}
@@ -1246,11 +1252,13 @@ def catch_stop_signals(received: list[int]) -> dict:
 
 
 def train_runs(config: Config, args: argparse.Namespace,
-               resumed: Checkpoint | None) -> tuple[Checkpoint, int]:
+               resumed: Checkpoint | None) -> tuple[Checkpoint, int, str | None, Any]:
     """The [values, seeds] runs as a host loop over jitted chunks of updates, each about 2 s and
     ending at every --checkpoint_every multiple (written to --save). A SIGINT or SIGTERM stops it
-    after the current chunk. Returns the run as a Checkpoint of host arrays, and the signal that
-    stopped it (0 if none). The numbers are those of make_train's one jit."""
+    after the current chunk, and so does a non-finite number. Returns the run as a Checkpoint of
+    host arrays (the last finite state), the signal that stopped it (0 if none), the line that
+    names the first non-finite metric (None if none) and the metrics that held it. The numbers
+    are those of make_train's one jit."""
     field, values, seeds = args.sweep_field, args.sweep_values, args.seeds
     updates = num_updates(config)
     every = args.checkpoint_every or updates
@@ -1271,7 +1279,9 @@ def train_runs(config: Config, args: argparse.Namespace,
     compiled = run.lower(vals, state, metrics, np.int32(0), np.int32(0)).compile()
     compile_time, first = time.perf_counter() - clock[0], done
     clock[:] = [time.perf_counter(), done * config.num_envs * config.num_steps]
-    chunk = 1
+    chunk, failure, seen = 1, None, None
+    finite = jax.jit(lambda tree: jnp.all(jnp.array([jnp.isfinite(x).all()
+                                                     for x in jax.tree.leaves(tree)])))
     try:
         with ThreadPoolExecutor(1) as pool:  # the main thread stays free to take signals
             while done < updates:
@@ -1288,7 +1298,16 @@ def train_runs(config: Config, args: argparse.Namespace,
                                      metrics, np.int32(done), np.int32(stop))
                 while not future.done():
                     time.sleep(0.05)
-                state, metrics = future.result()
+                good, (state, metrics) = (state, metrics), future.result()
+                if not finite((state.policy_params, state.critic.params, metrics)):
+                    seen = host_copy(metrics)  # keep the last finite state, report the first NaN
+                    flat = jax.tree.map(lambda x: x.reshape(-1, x.shape[2])[:, :int(stop)], seen)
+                    failure = (numerical_failures(flat)[0].split(";")[0] + f"; training stopped"
+                               f", the checkpoint keeps the state after update {done}")
+                    first_bad = np.flatnonzero(~np.isfinite(np.stack(flat)).all((0, 1)))[0]
+                    seen = jax.tree.map(lambda x: x[:, :, :first_bad + 1], seen)
+                    state, metrics = good
+                    break
                 seconds = max(time.perf_counter() - began, 1e-3)
                 chunk = max(1, min(4 * (stop - done), round(2.0 * (stop - done) / seconds)))
                 done = int(stop)
@@ -1302,7 +1321,7 @@ def train_runs(config: Config, args: argparse.Namespace,
     steps = (done - first) * len(values) * seeds * config.num_envs * config.num_steps
     say(f"compile {compile_time:.1f} s, run {run_time:.1f} s ({steps / run_time:,.0f} steps/s)")
     ckpt = Checkpoint(config, field, values, seeds, done, *host_copy((state, metrics)))
-    return ckpt, received[0] if received else 0
+    return ckpt, received[0] if received else 0, failure, seen
 
 
 def say(*parts: Any, file: Any = None) -> None:
@@ -1336,7 +1355,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         args.save = args.metrics = args.plot = args.render = None
         args.eval = 0
-    stopped = 0
+    stopped, failure, seen = 0, None, None
     if args.load:
         ckpt, args.eval = loaded, args.eval or 10
     else:
@@ -1344,7 +1363,8 @@ def main(argv: list[str] | None = None) -> int:
             f"seed(s) x {num_updates(config)} updates x {config.num_envs * config.num_steps} "
             + (f"steps, resumed after update {loaded.updates_done}" if args.resume else "steps"))
         try:
-            ckpt, stopped = train_runs(config, args, loaded if args.resume else None)
+            ckpt, stopped, failure, seen = train_runs(config, args,
+                                                      loaded if args.resume else None)
             args.training_done.set()
             if jax.process_index() > 0:  # process 0 writes; its peers leave without a shutdown
                 os._exit(0)  # handshake, which would fail once process 0 has closed the service
@@ -1361,7 +1381,7 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(1)  # not sys.exit: jax.distributed's shutdown would wait for the lost peer
         if stopped and args.save is None:
             args.save = f"trpo-{config.env_name}-stopped.msgpack"
-    return write_outputs(ckpt, args, stopped)
+    return write_outputs(ckpt, args, stopped, failure, seen)
 
 
 def too_large(config: Config, args: argparse.Namespace) -> str:
@@ -1374,14 +1394,19 @@ def too_large(config: Config, args: argparse.Namespace) -> str:
                                 else ""))
 
 
-def write_outputs(ckpt: Checkpoint, args: argparse.Namespace, stopped: int) -> int:
+def write_outputs(ckpt: Checkpoint, args: argparse.Namespace, stopped: int,
+                  failure: str | None = None, seen: Any = None) -> int:
     """The checkpoint first, then the summary, eval, metrics, plot and GIF; each output that
-    fails prints one line and the others still run. Returns the exit code: 128 + the signal
-    that stopped training, else 2 if an output or the numbers failed, else 0."""
+    fails prints one line and the others still run. After a non-finite number (`failure`), the
+    metrics `seen` up to it are written too. Returns the exit code: 128 + the signal that
+    stopped training, else 2 if an output or the numbers failed, else 0."""
     config, field, values, seeds, done = ckpt[:5]
     flat = lambda tree: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
     policies, stats = flat((ckpt.state.policy_params, ckpt.state.obs_stats))
-    metrics = None if args.load else flat(jax.tree.map(lambda x: x[:, :, :done], ckpt.metrics))
+    failures = [failure] if failure else []
+    metrics = None if args.load else flat(
+        jax.tree.map(lambda x: x[:, :, :done], ckpt.metrics) if seen is None else seen)
+    trained = metrics is not None and metrics.kl.shape[1] > 0
     sweep = len(values) > 1 or field != "max_kl" or bool(getattr(args, "sweep", None))
     labels = [f"{field}={v:g}" if sweep else "" for v in values]
     runs = [{**({field: v} if sweep else {}), "seed": config.seed, "seed_index": s}
@@ -1405,12 +1430,13 @@ def write_outputs(ckpt: Checkpoint, args: argparse.Namespace, stopped: int) -> i
         say(f"trpo.py: stopped by {name} after update {done} of {num_updates(config)}; "
             + (f"continue with --resume {args.save}" if "--save" not in errors else
                "the checkpoint could not be written"), file=sys.stderr)
-    failures = [] if metrics is None or not done else numerical_failures(metrics)
-    for i, label in enumerate(labels if metrics is not None and done else []):
+    if not failure and trained:
+        failures = numerical_failures(metrics)
+    for i, label in enumerate(labels if trained else []):
         final = np.asarray(metrics.episode_return)[i * seeds:(i + 1) * seeds, -1]
         say(f"{label + ': ' if label else ''}final training return {final.mean():.1f} ± "
             f"{final.std():.1f} over {seeds} seed(s) [{', '.join(f'{r:.1f}' for r in final)}]")
-    if metrics is not None and done:
+    if trained:
         say(f"line-search acceptance {float(np.mean(metrics.line_search_accepted)):.2f}")
     for failure in failures:
         say(f"trpo.py: {failure}", file=sys.stderr)
@@ -1438,9 +1464,9 @@ def write_outputs(ckpt: Checkpoint, args: argparse.Namespace, stopped: int) -> i
 
     if args.eval:
         output("--eval", evaluate_all)
-    if args.metrics and metrics is not None and done:
+    if args.metrics and trained:
         output("--metrics", lambda: write_metrics(args.metrics, metrics, runs))
-    if args.plot and metrics is not None and done:
+    if args.plot and trained:
         output("--plot", plot)
     if args.render:
         output("--render", render)
