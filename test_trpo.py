@@ -1155,3 +1155,19 @@ def test_cli_corrupt_compile_cache_heals_after_one_run(tmp_path):
     healed = run()
     assert healed.returncode == 0 and healed.stderr == ""
     assert all(entry.stat().st_size > 100 for entry in entries)
+    env.update(XDG_CACHE_HOME="", HOME=str(tmp_path / "home"))  # empty: ~/.cache, not the cwd
+    assert run().returncode == 0
+    assert list((tmp_path / "home" / ".cache" / "trpo-jax").glob("*-cache"))
+
+
+@pytest.mark.parametrize("flags,named", [(["--hidden_sizes", "4096,4096"], "--hidden_sizes"),
+                                         (["--seeds", "3"], "--num_envs and --num_steps")])
+def test_cli_out_of_memory_is_one_line_naming_the_flag(monkeypatch, capsys, flags, named):
+    """XLA's allocation failure (seen by hand under `ulimit -v`: 'Out of memory allocating
+    3600000000 bytes' for --hidden_sizes 30000,30000) becomes one line naming what to lower."""
+    def exhausted(*args):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9 bytes.")
+    monkeypatch.setattr(trpo, "train_runs", exhausted)
+    assert trpo.main([*flags, "--quiet", "--no-compile-cache"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Out of memory" in lines[0] and named in lines[0], lines

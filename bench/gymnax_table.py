@@ -115,12 +115,38 @@ def row(env_name, config, per_seed, random, train_s, extra=None):
 
 
 def curve(metrics, points=20):
-    """Mean training return over runs at `points` evenly spaced updates."""
+    """[env steps, mean, std] of the training return over runs at `points` evenly spaced
+    updates."""
     returns = np.asarray(metrics.episode_return)
     returns = returns.reshape(-1, returns.shape[-1])
     index = np.linspace(0, returns.shape[-1] - 1, points).astype(int)
     return [[int(np.asarray(metrics.env_steps).reshape(-1, returns.shape[-1])[0, i]),
-             float(returns[:, i].mean())] for i in index]
+             float(returns[:, i].mean()), float(returns[:, i].std())] for i in index]
+
+
+def plot_minatar(results, path):
+    """The MinAtar rows' training curves: mean (± std over seeds where recorded) against env
+    steps, one panel per game, with the published PPO return as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(MINATAR), figsize=(3.2 * len(MINATAR), 3))
+    for ax, env_name in zip(axes, MINATAR):
+        r = results["rows"].get(env_name)
+        if r is None:
+            continue
+        points = np.array([p + [np.nan] * (3 - len(p)) for p in r["curve"]], float)
+        ax.plot(points[:, 0], points[:, 1])
+        ax.fill_between(points[:, 0], points[:, 1] - points[:, 2], points[:, 1] + points[:, 2],
+                        alpha=0.25)
+        if PUBLISHED[env_name][0] is not None:
+            ax.axhline(PUBLISHED[env_name][0], ls="--", c="gray", label="PPO (gymnax)")
+        ax.set(title=f"{env_name} ({r['seeds']} seeds)", xlabel="env steps")
+    axes[0].set(ylabel="training return")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def run_env(env_name, seeds, episodes, overrides=None):
@@ -199,14 +225,18 @@ def markdown(results):
 MARKERS = ("<!-- gymnax-table -->", "<!-- /gymnax-table -->")
 
 
-def write_markdown(results, path=os.path.join(HERE, "RESULTS.md")):
-    """Replace the table between MARKERS in RESULTS.md (if both are there)."""
-    text = open(path).read()
-    if all(m in text for m in MARKERS):
-        head, rest = text.split(MARKERS[0], 1)
-        tail = rest.split(MARKERS[1], 1)[1]
-        with open(path, "w") as f:
-            f.write(f"{head}{MARKERS[0]}\n{markdown(results)}\n{MARKERS[1]}{tail}")
+def write_markdown(results, paths=(os.path.join(HERE, "RESULTS.md"),
+                                   os.path.join(os.path.dirname(HERE), "README.md"))):
+    """Replace the table between MARKERS in RESULTS.md and README.md (where both are there), and
+    redraw bench/minatar.png."""
+    for path in paths:
+        text = open(path).read()
+        if all(m in text for m in MARKERS):
+            head, rest = text.split(MARKERS[0], 1)
+            tail = rest.split(MARKERS[1], 1)[1]
+            with open(path, "w") as f:
+                f.write(f"{head}{MARKERS[0]}\n{markdown(results)}\n{MARKERS[1]}{tail}")
+    plot_minatar(results, os.path.join(HERE, "minatar.png"))
 
 
 def main():
