@@ -866,7 +866,8 @@ def load_checkpoint(path: str, expect: dict[str, Any] | None = None) -> Checkpoi
         with open(path, "rb") as f:
             raw = serialization.msgpack_restore(f.read())
         if raw.get("format") != 2:
-            raise ValueError("not a trpo.py checkpoint of format 2")
+            raise ValueError(f"checkpoint {path} has no whole training state (format 2); "
+                             "a checkpoint of an older trpo.py must be retrained")
         saved = dict(raw["config"])
         sizes = saved["hidden_sizes"]
         saved["hidden_sizes"] = tuple(int(h) for h in (sizes.values() if isinstance(sizes, dict)
@@ -879,7 +880,9 @@ def load_checkpoint(path: str, expect: dict[str, Any] | None = None) -> Checkpoi
     except FileNotFoundError:
         raise ValueError(f"checkpoint not found: {path}") from None
     except Exception as error:
-        raise ValueError(f"corrupt checkpoint {path}: {type(error).__name__}") from None
+        mine = str(error).startswith(f"checkpoint {path}")
+        raise ValueError(error if mine else f"corrupt checkpoint {path}: "
+                         f"{type(error).__name__}") from None
     for name, value in (expect or {}).items():
         if getattr(config, name) != value:
             raise ValueError(f"checkpoint {path} has {name}={getattr(config, name)!r}, "
