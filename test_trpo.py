@@ -995,6 +995,23 @@ def test_gymnax_table_random_column_matches_a_python_loop():
     assert "| CartPole-v1 | 500.0 (PPO) |" in table.markdown({"rows": {}})
 
 
+def test_gymnax_table_and_minatar_preset_smoke(tmp_path):
+    """Both table scripts on a tiny budget, into a JSON outside the repo; then the curves plot."""
+    out = tmp_path / "table.json"
+    script = lambda name: os.path.join(HERE, "bench", f"{name}.py")
+    for args in ([script("gymnax_table"), "--envs", "CartPole-v1", "--steps", "2048"],
+                 [script("minatar_preset"), "--chosen", "gamma=0.99,entropy_coef=0.01",
+                  "--games", "Breakout-MinAtar", "--steps", "8192"]):
+        done = subprocess.run([sys.executable, *args, "--seeds", "2", "--episodes", "2", "--out",
+                               str(out)], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert rows["CartPole-v1"]["seeds"] == 2 and rows["Breakout-MinAtar"]["steps"] == 8192
+    assert rows["Breakout-MinAtar"]["chosen"] == {"gamma": 0.99, "entropy_coef": 0.01}
+    load_bench("gymnax_table").plot_minatar({"rows": rows}, str(tmp_path / "m.png"))
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_json_metrics_are_strict_json_with_null_for_non_finite(tmp_path):
     metrics = trpo.Metrics(*[np.array([[1.0, np.nan, np.inf]]) for _ in trpo.Metrics._fields])
     path = tmp_path / "m.json"
