@@ -25,6 +25,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import Any, Callable, NamedTuple
 
 if __name__ == "__main__":  # as a script, hide XLA's C++ log lines (the compile cache's notices)
@@ -1280,11 +1281,12 @@ def train_runs(config: Config, args: argparse.Namespace,
     else:
         state, metrics, done = resumed.state, resumed.metrics, resumed.updates_done
     compiled = run.lower(vals, state, metrics, np.int32(0), np.int32(0)).compile()
+    finite = jax.jit(lambda tree: jnp.all(jnp.array([jnp.isfinite(x).all()
+                                                     for x in jax.tree.leaves(tree)])))
+    finite((state.policy_params, state.critic.params, metrics))  # compiled before the clock
     compile_time, first = time.perf_counter() - clock[0], done
     clock[:] = [time.perf_counter(), done * config.num_envs * config.num_steps]
     chunk, failure, seen = 1, None, None
-    finite = jax.jit(lambda tree: jnp.all(jnp.array([jnp.isfinite(x).all()
-                                                     for x in jax.tree.leaves(tree)])))
     try:
         with ThreadPoolExecutor(1) as pool:  # the main thread stays free to take signals
             while done < updates:
@@ -1299,8 +1301,8 @@ def train_runs(config: Config, args: argparse.Namespace,
                 began = time.perf_counter()
                 future = pool.submit(lambda *a: jax.block_until_ready(compiled(*a)), vals, state,
                                      metrics, np.int32(done), np.int32(stop))
-                while not future.done():
-                    time.sleep(0.05)
+                while not wait_futures([future], timeout=0.1).done:
+                    pass  # signals are handled while the main thread waits here
                 good, (state, metrics) = (state, metrics), future.result()
                 if not finite((state.policy_params, state.critic.params, metrics)):
                     seen = host_copy(metrics)  # keep the last finite state, report the first NaN
