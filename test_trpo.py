@@ -1188,3 +1188,26 @@ def test_cli_out_of_memory_is_one_line_naming_the_flag(monkeypatch, capsys, flag
     assert trpo.main([*flags, "--quiet", "--no-compile-cache"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "Out of memory" in lines[0] and named in lines[0], lines
+
+
+def test_sigterm_during_save_leaves_a_whole_checkpoint_and_no_temp_file(tmp_path):
+    """SIGTERM while the temp file is being written: the write finishes and is renamed, then
+    the signal acts (exit 143); no .tmp- file is left."""
+    code = ("import sys, jax, numpy as np, trpo\n"
+            "config = trpo.make_config(num_envs=4, num_steps=32, total_timesteps=128, "
+            "hidden_sizes=(2048, 2048))\n"
+            "state, buffer = jax.jit(trpo.make_train_parts(config)[0])(jax.random.PRNGKey(0))\n"
+            "runs = lambda t: jax.tree.map(lambda x: np.asarray(x)[None, None], t)\n"
+            "trpo.save_checkpoint('c.msgpack', trpo.Checkpoint(config, 'max_kl', [0.01], 1, 0, "
+            "runs(state), runs(buffer)))\n"
+            "import time; time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": HERE})
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".tmp-*")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == -signal.SIGTERM
+    assert not list(tmp_path.glob(".tmp-*"))
+    assert trpo.load_checkpoint(str(tmp_path / "c.msgpack")).config.hidden_sizes == (2048, 2048)

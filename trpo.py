@@ -834,7 +834,10 @@ def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
     to_numpy = lambda x: np.asarray(x) if isinstance(x, jax.Array) else x
     data = serialization.msgpack_serialize(
         jax.tree.map(to_numpy, serialization.to_state_dict(payload)))
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    received: list[int] = []  # SIGINT/SIGTERM wait for the write, then act as they would have
+    deferred = threading.current_thread() is threading.main_thread()
+    handlers = {sig: signal.signal(sig, lambda signum, _: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)} if deferred else {}
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
                                suffix=".msgpack")
     try:
@@ -847,7 +850,10 @@ def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
         os.unlink(tmp)
         raise
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        for signum in received:
+            signal.raise_signal(signum)
 
 
 def checkpoint_template(config: Config, field: str, values: list[float], seeds: int) -> Any:
