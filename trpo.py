@@ -1382,7 +1382,7 @@ def main(argv: list[str] | None = None) -> int:
         except (jax.errors.JaxRuntimeError, MemoryError) as error:
             if "memory" in str(error).lower() or isinstance(error, MemoryError):
                 text = " ".join(str(error).split())
-                detail = text[max(0, text.lower().find("out of memory")):][:60]
+                detail = text[max(0, text.lower().find("out of memory")):][:60].rstrip(".")
                 say(f"trpo.py: error: {detail}: {too_large(config, args)}", file=sys.stderr)
                 return 2
             if jax.process_count() == 1:
