@@ -670,7 +670,8 @@ def test_two_processes_match_one_process(tmp_path):
     for count, each in ((2, 2), (1, 4)):
         run = tmp_path / f"{count}x{each}"
         run.mkdir()
-        outputs = ["--metrics", str(run / "m.json"), "--save", str(run / "c.msgpack")]
+        outputs = ["--metrics", str(run / "m.json"), "--save", str(run / "c.msgpack"),
+                   "--checkpoint_every", "2"]  # a collective on every process, mid-run
         procs = start_processes(count, each, MULTI_PROCESS_ARGS + outputs, run)
         codes = wait_all(procs, timeout=400)
         assert codes == [0] * count, (run / "0.err").read_text()[-2000:]
@@ -1211,3 +1212,20 @@ def test_sigterm_during_save_leaves_a_whole_checkpoint_and_no_temp_file(tmp_path
     assert proc.wait(timeout=120) == -signal.SIGTERM
     assert not list(tmp_path.glob(".tmp-*"))
     assert trpo.load_checkpoint(str(tmp_path / "c.msgpack")).config.hidden_sizes == (2048, 2048)
+
+
+def test_non_finite_parameters_with_finite_metrics_stop_with_one_line(tmp_path, monkeypatch,
+                                                                     capsys):
+    """A critic that turns NaN while every metric of its update is still finite."""
+    update_critic = trpo.update_critic
+
+    def poisoned(*args):
+        critic, loss = update_critic(*args)
+        return critic._replace(params=jax.tree.map(lambda x: x * jnp.nan, critic.params)), loss
+    monkeypatch.setattr(trpo, "update_critic", poisoned)
+    code = trpo.main(["--num_envs", "4", "--num_steps", "32", "--total_timesteps", "640",
+                      "--quiet", "--no-compile-cache", "--save", str(tmp_path / "c.msgpack")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert "parameters went non-finite by update 1" in lines[0]
+    assert trpo.load_checkpoint(str(tmp_path / "c.msgpack")).updates_done == 0

@@ -12,7 +12,6 @@ hyperparameters as plain arguments (or TRPOHyperparams), never Config.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
 import json
@@ -127,9 +126,10 @@ def validate_config(config: Config) -> None:
         if not (type(value) is bool if kind is bool else kind is tuple or number):
             raise ValueError(f"{field.name} must be of type {kind.__name__}, got {value!r}")
         low, high = RANGES.get(field.name, (-math.inf, math.inf))
-        if kind is float and not (math.isfinite(value) and low <= value <= high) or (
+        if kind is float and not (abs(value) < 3.4e38 and low <= value <= high) or (  # float32
                 kind is int and not low <= value < high):
-            raise ValueError(f"{field.name} must be in [{low}, {high}], got {value}")
+            raise ValueError(f"{field.name} must be in [{low}, {high}] and finite in float32, "
+                             f"got {value}")
     sizes = config.hidden_sizes
     if not sizes or not all(type(h) is int and 0 < h <= 65536 for h in sizes):
         raise ValueError(f"hidden_sizes must be integers in [1, 65536], got {sizes}")
@@ -838,16 +838,18 @@ def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
     deferred = threading.current_thread() is threading.main_thread()
     handlers = {sig: signal.signal(sig, lambda signum, _: received.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)} if deferred else {}
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
-                               suffix=".msgpack")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
+                                   suffix=".msgpack")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if tmp:
+            os.unlink(tmp)
         raise
     finally:
         for sig, handler in handlers.items():
@@ -867,8 +869,10 @@ def checkpoint_template(config: Config, field: str, values: list[float], seeds: 
 def load_checkpoint(path: str, expect: dict[str, Any] | None = None) -> Checkpoint:
     """Read a checkpoint; ValueError if it is missing, not a regular file under 1 GiB, corrupt, or
     if a Config field named in `expect` (env_name, hidden_sizes, ...) differs from the saved one."""
-    if os.path.exists(path) and not (os.path.isfile(path) and os.path.getsize(path) < 2**30):
-        raise ValueError(f"checkpoint {path}: not a regular file under 1 GiB")
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if os.path.exists(path) and not (os.path.isfile(path) and os.path.getsize(path) < memory):
+        raise ValueError(f"checkpoint {path}: not a regular file smaller than this machine's "
+                         f"memory ({memory / 2**30:.0f} GiB)")
     try:
         with open(path, "rb") as f:
             raw = serialization.msgpack_restore(f.read())
@@ -886,6 +890,8 @@ def load_checkpoint(path: str, expect: dict[str, Any] | None = None) -> Checkpoi
         field, seeds, done = str(raw["sweep_field"]), int(raw["seeds"]), int(raw["updates_done"])
     except FileNotFoundError:
         raise ValueError(f"checkpoint not found: {path}") from None
+    except PermissionError:
+        raise ValueError(f"checkpoint {path}: permission denied") from None
     except Exception as error:
         mine = str(error).startswith(f"checkpoint {path}")
         raise ValueError(error if mine else f"corrupt checkpoint {path}: "
@@ -1046,9 +1052,6 @@ def parse_cli(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     if args.checkpoint_every is not None and not (
             0 < args.checkpoint_every < 2**31 and (args.save or args.resume)):
         raise ValueError("--checkpoint_every N needs N >= 1 and a --save (or --resume) path")
-    if args.render and config.env_name not in DRAWABLE:
-        raise ValueError(f"--render: gymnax cannot draw {config.env_name}; it draws "
-                         f"{', '.join(DRAWABLE)}")
     field, _, text = (args.sweep or f"max_kl={config.max_kl!r}").partition("=")
     try:
         values = [float(v) for v in text.split(",")]
@@ -1058,13 +1061,22 @@ def parse_cli(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     for value in values:
         validate_config(dataclasses.replace(config, **{field: value}))
     args.sweep_field, args.sweep_values = field, values
-    devices = jax.device_count() if args.devices == "all" else int(args.devices)
-    if jax.process_count() > 1 and devices != jax.device_count():
+    if not (args.devices == "all" or args.devices.isdigit()):
+        raise ValueError(f"--devices expects a number or all, got {args.devices!r}")
+    args.devices = jax.device_count() if args.devices == "all" else int(args.devices)
+    check_env_flags(config, args)
+    return config, args
+
+
+def check_env_flags(config: Config, args: argparse.Namespace) -> None:
+    """The flags that depend on the env and its Config (after --resume, on the saved one)."""
+    if args.render and config.env_name not in DRAWABLE:
+        raise ValueError(f"--render: gymnax cannot draw {config.env_name}; it draws "
+                         f"{', '.join(DRAWABLE)}")
+    if jax.process_count() > 1 and args.devices != jax.device_count():
         raise ValueError(f"with {jax.process_count()} processes, use --devices all (every "
                          f"process's devices, {jax.device_count()} in all)")
-    make_agent_on_devices(config, devices)  # rejects bad devices or an unsupported action space
-    args.devices = devices
-    return config, args
+    make_agent_on_devices(config, args.devices)  # rejects bad devices or action spaces
 
 
 def wait_for_port(host: str, port: int, timeout: float) -> bool:
@@ -1152,8 +1164,7 @@ def enable_compile_cache() -> None:
         try:
             return read(cache_key, *args)
         except Exception:
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(cache_dir, f"{cache_key}-cache"))
+            os.remove(os.path.join(cache_dir, f"{cache_key}-cache"))  # if it cannot: JAX warns
             if not removed:
                 say(f"trpo.py: removed unreadable entries of the compilation cache {cache_dir}; "
                     "each is recompiled and written again", file=sys.stderr)
@@ -1268,7 +1279,7 @@ def train_runs(config: Config, args: argparse.Namespace,
     after the current chunk, and so does a non-finite number. Returns the run as a Checkpoint of
     host arrays (the last finite state), the signal that stopped it (0 if none), the line that
     names the first non-finite metric (None if none) and the metrics that held it. The numbers
-    are those of make_train's one jit."""
+    do not depend on where the chunks end."""
     field, values, seeds = args.sweep_field, args.sweep_values, args.seeds
     updates = num_updates(config)
     every = args.checkpoint_every or updates
@@ -1281,58 +1292,76 @@ def train_runs(config: Config, args: argparse.Namespace,
     run = jax.jit(jax.vmap(jax.vmap(lambda v, *a: parts(v)[1](*a), (None, 0, 0, None, None)),
                            (0, 0, 0, None, None)))
     vals = jnp.asarray(values, jnp.float32)
-    if resumed is None:
-        (state, metrics), done = init(vals, jax.random.split(jax.random.PRNGKey(config.seed),
-                                                             seeds)), 0
-    else:
-        state, metrics, done = resumed.state, resumed.metrics, resumed.updates_done
-    compiled = run.lower(vals, state, metrics, np.int32(0), np.int32(0)).compile()
     finite = jax.jit(lambda tree: jnp.all(jnp.array([jnp.isfinite(x).all()
                                                      for x in jax.tree.leaves(tree)])))
-    finite((state.policy_params, state.critic.params, metrics))  # compiled before the clock
-    compile_time, first = time.perf_counter() - clock[0], done
-    clock[:] = [time.perf_counter(), done * config.num_envs * config.num_steps]
-    chunk, failure, seen = 1, None, None
+    chunk, failure, seen, stopped = 1, None, None, 0
+
+    def prepare():
+        if resumed is None:
+            keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+            state, metrics, done = *init(vals, keys), 0
+        else:
+            state, metrics, done = resumed.state, resumed.metrics, resumed.updates_done
+        compiled = run.lower(vals, state, metrics, np.int32(0), np.int32(0)).compile()
+        finite((state.policy_params, state.critic.params, metrics))  # compiled before the clock
+        return state, metrics, done, compiled
+
     try:
         with ThreadPoolExecutor(1) as pool:  # the main thread stays free to take signals
-            while done < updates:
-                stop = min(updates, done + chunk, (done // every + 1) * every)
-                if jax.process_count() > 1:  # every process stops where process 0 stops
-                    from jax.experimental import multihost_utils
-                    stop, signum = multihost_utils.broadcast_one_to_all(
-                        np.array([stop, received[0] if received else 0]))
-                    received[:] = [int(signum)] if signum else []
-                if received:
-                    break
-                began = time.perf_counter()
-                future = pool.submit(lambda *a: jax.block_until_ready(compiled(*a)), vals, state,
-                                     metrics, np.int32(done), np.int32(stop))
+            def in_worker(fn: Callable, *a: Any) -> Any:
+                future = pool.submit(fn, *a)
                 while not wait_futures([future], timeout=0.1).done:
                     pass  # signals are handled while the main thread waits here
-                good, (state, metrics) = (state, metrics), future.result()
+                return future.result()
+
+            state, metrics, done, compiled = in_worker(prepare)
+            compile_time, first = time.perf_counter() - clock[0], done
+            clock[:] = [time.perf_counter(), done * config.num_envs * config.num_steps]
+            while done < updates:
+                stop = min(updates, done + chunk, (done // every + 1) * every)
+                signum = received[0] if received else 0
+                if jax.process_count() > 1:  # every process stops where process 0 stops
+                    from jax.experimental import multihost_utils
+                    stop, signum = multihost_utils.broadcast_one_to_all(np.array([stop, signum]))
+                if signum:
+                    stopped = int(signum)
+                    break
+                began = time.perf_counter()
+                good, (state, metrics) = (state, metrics), in_worker(
+                    lambda *a: jax.block_until_ready(compiled(*a)), vals, state, metrics,
+                    np.int32(done), np.int32(stop))
                 if not finite((state.policy_params, state.critic.params, metrics)):
                     seen = host_copy(metrics)  # keep the last finite state, report the first NaN
                     flat = jax.tree.map(lambda x: x.reshape(-1, x.shape[2])[:, :int(stop)], seen)
-                    failure = (numerical_failures(flat)[0].split(";")[0] + f"; training stopped"
-                               f", the checkpoint keeps the state after update {done}")
-                    first_bad = np.flatnonzero(~np.isfinite(np.stack(flat)).all((0, 1)))[0]
-                    seen = jax.tree.map(lambda x: x[:, :, :first_bad + 1], seen)
+                    bad = np.flatnonzero(~np.isfinite(np.stack(flat, dtype=float)).all((0, 1)))
+                    failure = (numerical_failures(flat)[0].split(";")[0] if bad.size else
+                               f"error: the parameters went non-finite by update {stop}")
+                    failure += (f"; training stopped, the checkpoint keeps the state after "
+                                f"update {done}")
+                    seen = jax.tree.map(lambda x: x[:, :, :bad[0] + 1 if bad.size else stop],
+                                        seen)
                     state, metrics = good
                     break
                 seconds = max(time.perf_counter() - began, 1e-3)
                 chunk = max(1, min(4 * (stop - done), round(2.0 * (stop - done) / seconds)))
                 done = int(stop)
-                if args.save and done % every == 0 and done < updates:
-                    save_checkpoint(args.save, Checkpoint(config, field, values, seeds, done,
-                                                          *host_copy((state, metrics))))
+                if args.checkpoint_every and done % every == 0 and done < updates:
+                    ckpt = Checkpoint(config, field, values, seeds, done,
+                                      *host_copy((state, metrics)))  # on every process
+                    try:
+                        if args.save:
+                            save_checkpoint(args.save, ckpt)
+                    except OSError as error:
+                        say(f"trpo.py: error: --checkpoint_every: cannot write {args.save} "
+                            f"({error.strerror}); training goes on", file=sys.stderr)
+            run_time = time.perf_counter() - clock[0]
+            ckpt = Checkpoint(config, field, values, seeds, done, *host_copy((state, metrics)))
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    run_time = time.perf_counter() - clock[0]
     steps = (done - first) * len(values) * seeds * config.num_envs * config.num_steps
     say(f"compile {compile_time:.1f} s, run {run_time:.1f} s ({steps / run_time:,.0f} steps/s)")
-    ckpt = Checkpoint(config, field, values, seeds, done, *host_copy((state, metrics)))
-    return ckpt, received[0] if received else 0, failure, seen
+    return ckpt, stopped, failure, seen
 
 
 def say(*parts: Any, file: Any = None) -> None:
@@ -1355,6 +1384,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             config = loaded.config
             args.sweep_field, args.sweep_values, args.seeds = loaded[1:4]
+            check_env_flags(config, args)
             if args.save is None:
                 args.save = args.resume
     except ValueError as error:
@@ -1378,7 +1408,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       loaded if args.resume else None)
             args.training_done.set()
             if jax.process_index() > 0:  # process 0 writes; its peers leave without a shutdown
-                os._exit(0)  # handshake, which would fail once process 0 has closed the service
+                os._exit(128 + stopped if stopped else 0)  # handshake, which would fail once
+                # process 0 has closed the service
         except (jax.errors.JaxRuntimeError, MemoryError) as error:
             if "memory" in str(error).lower() or isinstance(error, MemoryError):
                 text = " ".join(str(error).split())
@@ -1441,7 +1472,7 @@ def write_outputs(ckpt: Checkpoint, args: argparse.Namespace, stopped: int,
         say(f"trpo.py: stopped by {name} after update {done} of {num_updates(config)}; "
             + (f"continue with --resume {args.save}" if "--save" not in errors else
                "the checkpoint could not be written"), file=sys.stderr)
-    if not failure and trained:
+    if not failure and trained and not stopped:
         failures = numerical_failures(metrics)
     for i, label in enumerate(labels if trained else []):
         final = np.asarray(metrics.episode_return)[i * seeds:(i + 1) * seeds, -1]
@@ -1487,4 +1518,8 @@ def write_outputs(ckpt: Checkpoint, args: argparse.Namespace, stopped: int,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # outside training (which stops cleanly) and the checkpoint write
+        say("trpo.py: interrupted", file=sys.stderr)
+        sys.exit(130)
