@@ -40,8 +40,12 @@ def random_policy_batch(discrete, key, batch=64, obs_dim=3, action_dim=2):
     return policy, params, trpo.PolicyBatch(obs, action, advantage, trpo.log_prob(dist, action))
 
 
-def run_cli(*args, timeout=600):
+def run_cli(*args, timeout=600, cache=None):
+    """trpo.py as a user runs it; `cache` (a directory) shares compiled programs between runs."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # set by importing jax; a user's shell has not got it
+    if cache:
+        env["XDG_CACHE_HOME"] = str(cache)
     return subprocess.run([sys.executable, os.path.join(HERE, "trpo.py"), *args],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE)
 
@@ -1067,7 +1071,9 @@ def start_cli(tmp_path, name, *args):
     out = open(tmp_path / f"{name}.out", "w")
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "trpo.py"), *args], cwd=tmp_path,
                             stdout=out, stderr=open(tmp_path / f"{name}.err", "w"),
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**{k: v for k, v in os.environ.items()
+                                    if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONUNBUFFERED": "1",
+                                 "XDG_CACHE_HOME": str(tmp_path / "cache")})
 
     def wait_for(text, count=1):
         deadline = time.monotonic() + 300
@@ -1077,15 +1083,15 @@ def start_cli(tmp_path, name, *args):
     return proc, wait_for
 
 
-STOP_RUN = ["--num_envs", "4", "--num_steps", "32", "--total_timesteps", "100000",
-            "--no-compile-cache"]
+STOP_RUN = ["--num_envs", "4", "--num_steps", "32", "--total_timesteps", "100000"]  # the
+# runs of a test share one compilation cache in tmp_path (the same program, compiled once)
 
 
 def test_cli_stop_by_signal_then_resume_equals_the_uninterrupted_run(tmp_path):
     """SIGINT or SIGTERM mid-run: one line, the checkpoint and metrics so far, exit 130 or 143;
     --resume then ends exactly where the uninterrupted run ends (metrics and every array)."""
-    whole = run_cli(*STOP_RUN, "--quiet", "--save", str(tmp_path / "whole.msgpack"),
-                    "--metrics", str(tmp_path / "whole.json"))
+    whole = run_cli(*STOP_RUN, "--save", str(tmp_path / "whole.msgpack"),
+                    "--metrics", str(tmp_path / "whole.json"), cache=tmp_path / "cache")
     assert whole.returncode == 0, whole.stderr
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         name = sig.name
@@ -1101,8 +1107,8 @@ def test_cli_stop_by_signal_then_resume_equals_the_uninterrupted_run(tmp_path):
         partial = json.loads((tmp_path / f"{name}.json").read_text())
         assert len(partial["kl"][0]) == stopped.updates_done
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
-    resumed = run_cli("--resume", str(tmp_path / "SIGINT.msgpack"), "--quiet",
-                      "--metrics", str(tmp_path / "resumed.json"), "--no-compile-cache")
+    resumed = run_cli("--resume", str(tmp_path / "SIGINT.msgpack"), "--metrics",
+                      str(tmp_path / "resumed.json"), cache=tmp_path / "cache")
     assert resumed.returncode == 0, resumed.stderr
     expected = json.loads((tmp_path / "whole.json").read_text())
     got = json.loads((tmp_path / "resumed.json").read_text())
@@ -1157,14 +1163,17 @@ def test_cli_closed_stdout_or_ascii_terminal_keeps_the_model(tmp_path):
 
 
 def test_cli_corrupt_compile_cache_heals_after_one_run(tmp_path):
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    """An empty XDG_CACHE_HOME caches under ~/.cache (not the cwd); entries that fail to load are
+    replaced in the next run, with one line, and the run after it is silent."""
+    env = {**os.environ, "XDG_CACHE_HOME": "", "HOME": str(tmp_path)}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # set by importing jax; a user's shell has not got it
     run = lambda: subprocess.run([sys.executable, os.path.join(HERE, "trpo.py"), "--num_envs", "4",
                                   "--num_steps", "32", "--total_timesteps", "256", "--quiet"],
-                                 capture_output=True, text=True, timeout=300, env=env)
+                                 capture_output=True, text=True, timeout=300, env=env,
+                                 cwd=tmp_path)
     assert run().returncode == 0
-    entries = list((tmp_path / "trpo-jax").glob("*-cache"))
-    assert entries
+    entries = list((tmp_path / ".cache" / "trpo-jax").glob("*-cache"))
+    assert entries and not list(tmp_path.glob("trpo-jax"))
     for entry in entries:
         entry.write_bytes(b"garbage")
     healing = run()
@@ -1173,9 +1182,6 @@ def test_cli_corrupt_compile_cache_heals_after_one_run(tmp_path):
     healed = run()
     assert healed.returncode == 0 and healed.stderr == ""
     assert all(entry.stat().st_size > 100 for entry in entries)
-    env.update(XDG_CACHE_HOME="", HOME=str(tmp_path / "home"))  # empty: ~/.cache, not the cwd
-    assert run().returncode == 0
-    assert list((tmp_path / "home" / ".cache" / "trpo-jax").glob("*-cache"))
 
 
 @pytest.mark.parametrize("flags,named", [(["--hidden_sizes", "4096,4096"], "--hidden_sizes"),
