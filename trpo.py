@@ -1134,13 +1134,13 @@ def watch_peers(training_done: threading.Event) -> None:
     """Until training ends, exit with one line once the coordination service counts a process as
     dead (no heartbeats): XLA would otherwise wait for it, or abort with a stack dump."""
     from jax._src.distributed import global_state
-    everyone = list(range(jax.process_count()))
+    everyone, unanswered = list(range(jax.process_count())), 0
     while not training_done.wait(1.0):
-        try:
-            live = global_state.client.get_live_nodes(everyone)
+        try:  # a busy service may not answer once; 10 unanswered polls in a row mean it is gone
+            live, unanswered = global_state.client.get_live_nodes(everyone), 0
         except Exception:
-            live = {}
-        lost = sorted(set(everyone) - set(live))
+            live, unanswered = everyone, unanswered + 1
+        lost = sorted(set(everyone) - set(live)) or (everyone if unanswered >= 10 else [])
         if lost:
             print(f"trpo.py: error: process {jax.process_index()} lost peer process(es) "
                   f"{lost}", file=sys.stderr, flush=True)
