@@ -905,11 +905,10 @@ def load_checkpoint(path: str, expect: dict[str, Any] | None = None) -> Checkpoi
         if not (make_sweep_train(config, field) and 0 < seeds < 2**20 and values
                 and 0 <= done <= num_updates(config)):
             raise ValueError(f"runs {field}={values} x {seeds} seeds, {done} updates done")
-        state, metrics = checkpoint_template(config, field, values, seeds)
-        state = serialization.from_state_dict(state, raw["state"])
-        metrics = serialization.from_state_dict(metrics, raw["metrics"])
-        for got, want in zip(jax.tree.leaves((state, metrics)),
-                             jax.tree.leaves(checkpoint_template(config, field, values, seeds))):
+        template = checkpoint_template(config, field, values, seeds)
+        state = serialization.from_state_dict(template[0], raw["state"])
+        metrics = serialization.from_state_dict(template[1], raw["metrics"])
+        for got, want in zip(jax.tree.leaves((state, metrics)), jax.tree.leaves(template)):
             if np.shape(got) != want.shape or np.asarray(got).dtype != want.dtype:
                 raise ValueError(f"{np.asarray(got).dtype}{list(np.shape(got))} where "
                                  f"{want.dtype}{list(want.shape)} belongs")
