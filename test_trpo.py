@@ -1,5 +1,5 @@
-"""Tests for trpo.py. Each checks a number against an independent reference or a learning
-threshold."""
+"""Tests for trpo.py and its command line, trpo_cli.py. Each checks a number against an
+independent reference or a learning threshold."""
 import dataclasses
 import json
 import os
@@ -16,6 +16,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import trpo
+import trpo_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -163,9 +164,9 @@ def test_observation_normalization_is_frozen_during_update_and_saved(tmp_path):
     path = tmp_path / "n.msgpack"
     as_runs = lambda tree: jax.tree.map(lambda x: np.asarray(x)[None, None], tree)
     _, buffer = trpo.make_train_parts(config)[0](jax.random.PRNGKey(0))
-    trpo.save_checkpoint(str(path), trpo.Checkpoint(config, "max_kl", [config.max_kl], 1, 1,
+    trpo_cli.save_checkpoint(str(path), trpo_cli.Checkpoint(config, "max_kl", [config.max_kl], 1, 1,
                                                     as_runs(new_state), as_runs(buffer)))
-    loaded = trpo.load_checkpoint(str(path)).state.obs_stats
+    loaded = trpo_cli.load_checkpoint(str(path)).state.obs_stats
     np.testing.assert_array_equal(np.asarray(loaded.var)[0, 0],
                                   np.asarray(new_state.obs_stats.var))
 
@@ -682,7 +683,7 @@ def test_two_processes_match_one_process(tmp_path):
         assert "final training return" in (run / "0.out").read_text()
         if count == 2:  # process 1 trained but printed nothing and wrote nothing
             assert "final training return" not in (run / "1.out").read_text()
-        state = trpo.load_checkpoint(str(run / "c.msgpack")).state
+        state = trpo_cli.load_checkpoint(str(run / "c.msgpack")).state
         policy, critic = state.policy_params, state.critic.params
         results[count] = (json.loads((run / "m.json").read_text()), policy, critic)
     (m2, p2, c2), (m1, p1, c1) = results[2], results[1]
@@ -796,13 +797,13 @@ def test_iqm_and_bootstrap_interval_match_scipy():
     assert summary["worst"] == returns.min() and summary["failed"] == int((returns < 150).sum())
 
 
-# ----------------------------------------------------------------------------- 10. CLI
+# ------------------------------------------------------------ 10. Command line (trpo_cli.py)
 def test_cli_checkpoint_mismatch_names_the_field(tmp_path):
     ckpt = tmp_path / "c.msgpack"
     config = tiny_config()
     state, buffer = jax.jit(trpo.make_train_parts(config)[0])(jax.random.PRNGKey(0))
     as_runs = lambda tree: jax.tree.map(lambda x: np.asarray(x)[None, None], tree)
-    trpo.save_checkpoint(str(ckpt), trpo.Checkpoint(config, "max_kl", [config.max_kl], 1, 0,
+    trpo_cli.save_checkpoint(str(ckpt), trpo_cli.Checkpoint(config, "max_kl", [config.max_kl], 1, 0,
                                                     as_runs(state), as_runs(buffer)))
     mismatches = ((["--env", "Acrobot-v1"], "env_name"), (["--hidden_sizes", "8"], "hidden_sizes"))
     for args, field in mismatches:
@@ -909,7 +910,7 @@ def test_cli_outputs_checkpoint_roundtrip_and_eval(tmp_path):
     # The atomic write left no temp file.
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
     # The checkpoint restores exactly what a Python run with the same seeds trains.
-    saved = trpo.load_checkpoint(str(ckpt))
+    saved = trpo_cli.load_checkpoint(str(ckpt))
     config = saved.config
     assert config == trpo.make_config(num_envs=4, num_steps=32, total_timesteps=1280)
     assert (saved.seeds, saved.updates_done) == (2, 10)
@@ -945,7 +946,7 @@ def test_cli_eval_summarizes_every_seed_and_writes_them(tmp_path):
 
 
 def test_unsupported_action_space_is_one_line_exit_2():
-    code = ("import sys, gymnax, trpo\n"
+    code = ("import sys, gymnax, trpo_cli\n"
             "from gymnax.environments import spaces\n"
             "make = gymnax.make\n"
             "def fake(name, **kw):\n"
@@ -953,12 +954,233 @@ def test_unsupported_action_space_is_one_line_exit_2():
             "    env.action_space = lambda p=None: spaces.Dict({})\n"
             "    return env, params\n"
             "gymnax.make = fake\n"
-            "sys.exit(trpo.main(['--num_envs', '4', '--num_steps', '32', "
+            "sys.exit(trpo_cli.main(['--num_envs', '4', '--num_steps', '32', "
             "'--total_timesteps', '256']))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=HERE, timeout=300)
     assert result.returncode == 2 and "unsupported action space" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_json_metrics_are_strict_json_with_null_for_non_finite(tmp_path):
+    metrics = trpo.Metrics(*[np.array([[1.0, np.nan, np.inf]]) for _ in trpo.Metrics._fields])
+    path = tmp_path / "m.json"
+    trpo_cli.write_metrics(str(path), metrics, [{"seed": 0, "eval_return": float("nan")}])
+
+    def reject(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    data = json.loads(path.read_text(), parse_constant=reject)
+    assert data["kl"] == [[1.0, None, None]]
+    assert data["runs"] == [{"seed": 0, "eval_return": None}]
+
+
+def test_numerical_failures_name_the_first_bad_update_or_a_stalled_line_search():
+    fields = {name: np.ones((2, 20)) for name in trpo.Metrics._fields}
+    fields["line_search_accepted"][:, 18:] = 0.0
+    stalled = trpo_cli.numerical_failures(trpo.Metrics(**fields))
+    assert len(stalled) == 1 and stalled[0].startswith("warning") and "--max_kl" in stalled[0]
+    fields["value_loss"][1, 7:] = np.nan
+    fields["kl"][0, 12] = np.inf
+    failures = trpo_cli.numerical_failures(trpo.Metrics(**fields))
+    assert failures == ["error: value_loss went non-finite at update 8 (then kl); the "
+                        "parameters after it are not usable"]
+    fields["line_search_accepted"][0, 19] = 1.0
+    fields["value_loss"][:] = fields["kl"][:] = 1.0
+    assert trpo_cli.numerical_failures(trpo.Metrics(**fields)) == []
+
+
+def test_cli_diverging_critic_is_loud(tmp_path):
+    """A NaN critic stops training with one line naming the update; the checkpoint keeps the last
+    finite state, and a checkpoint holding NaN is refused."""
+    path, ckpt = tmp_path / "m.json", tmp_path / "c.msgpack"
+    result = run_cli("--num_envs", "4", "--num_steps", "32", "--total_timesteps", "5120",
+                     "--vf_lr", "1e30", "--quiet", "--no-compile-cache", "--metrics", str(path),
+                     "--save", str(ckpt))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "value_loss went non-finite at update 1" in lines[0], lines
+    data = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert data["value_loss"][0] == [None]
+    saved = trpo_cli.load_checkpoint(str(ckpt))
+    assert saved.updates_done == 0
+    poisoned = saved._replace(state=saved.state._replace(critic=jax.tree.map(
+        lambda x: np.full_like(x, np.nan) if x.dtype == np.float32 else x, saved.state.critic)))
+    trpo_cli.save_checkpoint(str(ckpt), poisoned)
+    with pytest.raises(ValueError, match="non-finite"):
+        trpo_cli.load_checkpoint(str(ckpt))
+
+
+def start_cli(tmp_path, name, *args):
+    """trpo.py in the background; returns the process and a function that waits for a line."""
+    out = open(tmp_path / f"{name}.out", "w")
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "trpo.py"), *args], cwd=tmp_path,
+                            stdout=out, stderr=open(tmp_path / f"{name}.err", "w"),
+                            env={**{k: v for k, v in os.environ.items()
+                                    if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONUNBUFFERED": "1",
+                                 "XDG_CACHE_HOME": str(tmp_path / "cache")})
+
+    def wait_for(text, count=1):
+        deadline = time.monotonic() + 300
+        while (tmp_path / f"{name}.out").read_text().count(text) < count:
+            assert proc.poll() is None and time.monotonic() < deadline, "never printed " + text
+            time.sleep(0.05)
+    return proc, wait_for
+
+
+STOP_RUN = ["--num_envs", "4", "--num_steps", "32", "--total_timesteps", "100000"]  # the
+# runs of a test share one compilation cache in tmp_path (the same program, compiled once)
+
+
+def test_cli_stop_by_signal_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """SIGINT or SIGTERM mid-run: one line, the checkpoint and metrics so far, exit 130 or 143;
+    --resume then ends exactly where the uninterrupted run ends (metrics and every array)."""
+    whole = run_cli(*STOP_RUN, "--save", str(tmp_path / "whole.msgpack"),
+                    "--metrics", str(tmp_path / "whole.json"), cache=tmp_path / "cache")
+    assert whole.returncode == 0, whole.stderr
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        name = sig.name
+        proc, wait_for = start_cli(tmp_path, name, *STOP_RUN, "--save", f"{name}.msgpack",
+                                   "--metrics", f"{name}.json")
+        wait_for("update ")
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == code
+        lines = (tmp_path / f"{name}.err").read_text().strip().splitlines()
+        assert len(lines) == 1 and f"stopped by {name} after update" in lines[0], lines
+        stopped = trpo_cli.load_checkpoint(str(tmp_path / f"{name}.msgpack"))
+        assert 0 < stopped.updates_done < 781
+        partial = json.loads((tmp_path / f"{name}.json").read_text())
+        assert len(partial["kl"][0]) == stopped.updates_done
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+    resumed = run_cli("--resume", str(tmp_path / "SIGINT.msgpack"), "--metrics",
+                      str(tmp_path / "resumed.json"), cache=tmp_path / "cache")
+    assert resumed.returncode == 0, resumed.stderr
+    expected = json.loads((tmp_path / "whole.json").read_text())
+    got = json.loads((tmp_path / "resumed.json").read_text())
+    assert all(got[k] == expected[k] for k in trpo.Metrics._fields)
+    a, b = (trpo_cli.load_checkpoint(str(tmp_path / f))
+            for f in ("whole.msgpack", "SIGINT.msgpack"))
+    assert a.updates_done == b.updates_done == 781
+    for x, y in zip(jax.tree.leaves((a.state, a.metrics)), jax.tree.leaves((b.state, b.metrics))):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_cli_second_ctrl_c_exits_at_once(tmp_path):
+    proc, wait_for = start_cli(tmp_path, "twice", *STOP_RUN, "--total_timesteps", "2000000")
+    wait_for("update ", count=3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == -signal.SIGINT
+
+
+def test_cli_checkpoint_every_and_failing_outputs(tmp_path, monkeypatch):
+    """--checkpoint_every N saves after every N updates; a failing output (here the plot) prints
+    one line and exit 2, and the checkpoint and the other outputs are still written."""
+    saved = []
+    save = trpo_cli.save_checkpoint
+    monkeypatch.setattr(trpo_cli, "save_checkpoint",
+                        lambda path, ckpt: saved.append(ckpt.updates_done) or save(path, ckpt))
+    monkeypatch.setattr(trpo_cli, "plot_curves", lambda *a: 1 / 0)
+    code = trpo_cli.main(["--num_envs", "4", "--num_steps", "32", "--total_timesteps", "1280",
+                          "--quiet", "--no-compile-cache", "--checkpoint_every", "4", "--save",
+                          str(tmp_path / "c.msgpack"), "--plot", str(tmp_path / "p.png"),
+                          "--metrics", str(tmp_path / "m.json")])
+    assert code == 2 and saved == [4, 8, 10]
+    assert trpo_cli.load_checkpoint(str(tmp_path / "c.msgpack")).updates_done == 10
+    assert len(json.loads((tmp_path / "m.json").read_text())["kl"][0]) == 10
+
+
+def test_cli_closed_stdout_or_ascii_terminal_keeps_the_model(tmp_path):
+    """stdout piped into `head -1`, or a terminal that cannot encode '±': the run goes on, and
+    the checkpoint is written."""
+    args = [sys.executable, os.path.join(HERE, "trpo.py"), "--num_envs", "4", "--num_steps", "32",
+            "--total_timesteps", "1280", "--no-compile-cache"]
+    proc = subprocess.Popen([*args, "--save", "a.msgpack"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    ascii_run = subprocess.run([*args, "--save", "b.msgpack"], cwd=tmp_path, capture_output=True,
+                               env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert ascii_run.returncode == 0 and b"final training return" in ascii_run.stdout
+    for name in ("a.msgpack", "b.msgpack"):
+        assert trpo_cli.load_checkpoint(str(tmp_path / name)).updates_done == 10
+
+
+def test_cli_corrupt_compile_cache_heals_after_one_run(tmp_path):
+    """An empty XDG_CACHE_HOME caches under ~/.cache (not the cwd); entries that fail to load are
+    replaced in the next run, with one line, and the run after it is silent."""
+    env = {**os.environ, "XDG_CACHE_HOME": "", "HOME": str(tmp_path)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # set by importing jax; a user's shell has not got it
+    run = lambda: subprocess.run([sys.executable, os.path.join(HERE, "trpo.py"), "--num_envs", "4",
+                                  "--num_steps", "32", "--total_timesteps", "256", "--quiet"],
+                                 capture_output=True, text=True, timeout=300, env=env,
+                                 cwd=tmp_path)
+    assert run().returncode == 0
+    entries = list((tmp_path / ".cache" / "trpo-jax").glob("*-cache"))
+    assert entries and not list(tmp_path.glob("trpo-jax"))
+    for entry in entries:
+        entry.write_bytes(b"garbage")
+    healing = run()
+    assert healing.returncode == 0 and "Traceback" not in healing.stderr
+    assert healing.stderr.count("\n") == 1 and "compilation cache" in healing.stderr
+    healed = run()
+    assert healed.returncode == 0 and healed.stderr == ""
+    assert all(entry.stat().st_size > 100 for entry in entries)
+
+
+@pytest.mark.parametrize("flags,named", [(["--hidden_sizes", "4096,4096"], "--hidden_sizes"),
+                                         (["--seeds", "3"], "--num_envs and --num_steps")])
+def test_cli_out_of_memory_is_one_line_naming_the_flag(monkeypatch, capsys, flags, named):
+    """XLA's allocation failure (seen by hand under `ulimit -v`: 'Out of memory allocating
+    3600000000 bytes' for --hidden_sizes 30000,30000) becomes one line naming what to lower."""
+    def exhausted(*args):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9 bytes.")
+    monkeypatch.setattr(trpo_cli, "train_runs", exhausted)
+    assert trpo_cli.main([*flags, "--quiet", "--no-compile-cache"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Out of memory" in lines[0] and named in lines[0], lines
+
+
+def test_sigterm_during_save_leaves_a_whole_checkpoint_and_no_temp_file(tmp_path):
+    """SIGTERM while the temp file is being written: the write finishes and is renamed, then
+    the signal acts (exit 143); no .tmp- file is left."""
+    code = ("import sys, jax, numpy as np, trpo, trpo_cli\n"
+            "config = trpo.make_config(num_envs=4, num_steps=32, total_timesteps=128, "
+            "hidden_sizes=(2048, 2048))\n"
+            "state, buffer = jax.jit(trpo.make_train_parts(config)[0])(jax.random.PRNGKey(0))\n"
+            "runs = lambda t: jax.tree.map(lambda x: np.asarray(x)[None, None], t)\n"
+            "trpo_cli.save_checkpoint('c.msgpack', trpo_cli.Checkpoint(config, 'max_kl', [0.01], "
+            "1, 0, runs(state), runs(buffer)))\n"
+            "import time; time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": HERE})
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".tmp-*")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == -signal.SIGTERM
+    assert not list(tmp_path.glob(".tmp-*"))
+    assert trpo_cli.load_checkpoint(str(tmp_path / "c.msgpack")).config.hidden_sizes == (2048, 2048)
+
+
+def test_non_finite_parameters_with_finite_metrics_stop_with_one_line(tmp_path, monkeypatch,
+                                                                     capsys):
+    """A critic that turns NaN while every metric of its update is still finite."""
+    update_critic = trpo.update_critic
+
+    def poisoned(*args):
+        critic, loss = update_critic(*args)
+        return critic._replace(params=jax.tree.map(lambda x: x * jnp.nan, critic.params)), loss
+    monkeypatch.setattr(trpo, "update_critic", poisoned)
+    code = trpo_cli.main(["--num_envs", "4", "--num_steps", "32", "--total_timesteps", "640",
+                      "--quiet", "--no-compile-cache", "--save", str(tmp_path / "c.msgpack")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert "parameters went non-finite by update 1" in lines[0]
+    assert trpo_cli.load_checkpoint(str(tmp_path / "c.msgpack")).updates_done == 0
 
 
 # ----------------------------------------------------------------------------- Bench smoke
@@ -1015,223 +1237,3 @@ def test_gymnax_table_and_minatar_preset_smoke(tmp_path):
     assert rows["Breakout-MinAtar"]["chosen"] == {"gamma": 0.99, "entropy_coef": 0.01}
     load_bench("gymnax_table").plot_minatar({"rows": rows}, str(tmp_path / "m.png"))
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_json_metrics_are_strict_json_with_null_for_non_finite(tmp_path):
-    metrics = trpo.Metrics(*[np.array([[1.0, np.nan, np.inf]]) for _ in trpo.Metrics._fields])
-    path = tmp_path / "m.json"
-    trpo.write_metrics(str(path), metrics, [{"seed": 0, "eval_return": float("nan")}])
-
-    def reject(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    data = json.loads(path.read_text(), parse_constant=reject)
-    assert data["kl"] == [[1.0, None, None]]
-    assert data["runs"] == [{"seed": 0, "eval_return": None}]
-
-
-def test_numerical_failures_name_the_first_bad_update_or_a_stalled_line_search():
-    fields = {name: np.ones((2, 20)) for name in trpo.Metrics._fields}
-    fields["line_search_accepted"][:, 18:] = 0.0
-    stalled = trpo.numerical_failures(trpo.Metrics(**fields))
-    assert len(stalled) == 1 and stalled[0].startswith("warning") and "--max_kl" in stalled[0]
-    fields["value_loss"][1, 7:] = np.nan
-    fields["kl"][0, 12] = np.inf
-    failures = trpo.numerical_failures(trpo.Metrics(**fields))
-    assert failures == ["error: value_loss went non-finite at update 8 (then kl); the "
-                        "parameters after it are not usable"]
-    fields["line_search_accepted"][0, 19] = 1.0
-    fields["value_loss"][:] = fields["kl"][:] = 1.0
-    assert trpo.numerical_failures(trpo.Metrics(**fields)) == []
-
-
-def test_cli_diverging_critic_is_loud(tmp_path):
-    """A NaN critic stops training with one line naming the update; the checkpoint keeps the last
-    finite state, and a checkpoint holding NaN is refused."""
-    path, ckpt = tmp_path / "m.json", tmp_path / "c.msgpack"
-    result = run_cli("--num_envs", "4", "--num_steps", "32", "--total_timesteps", "5120",
-                     "--vf_lr", "1e30", "--quiet", "--no-compile-cache", "--metrics", str(path),
-                     "--save", str(ckpt))
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "value_loss went non-finite at update 1" in lines[0], lines
-    data = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(name))
-    assert data["value_loss"][0] == [None]
-    saved = trpo.load_checkpoint(str(ckpt))
-    assert saved.updates_done == 0
-    poisoned = saved._replace(state=saved.state._replace(critic=jax.tree.map(
-        lambda x: np.full_like(x, np.nan) if x.dtype == np.float32 else x, saved.state.critic)))
-    trpo.save_checkpoint(str(ckpt), poisoned)
-    with pytest.raises(ValueError, match="non-finite"):
-        trpo.load_checkpoint(str(ckpt))
-
-
-def start_cli(tmp_path, name, *args):
-    """trpo.py in the background; returns the process and a function that waits for a line."""
-    out = open(tmp_path / f"{name}.out", "w")
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "trpo.py"), *args], cwd=tmp_path,
-                            stdout=out, stderr=open(tmp_path / f"{name}.err", "w"),
-                            env={**{k: v for k, v in os.environ.items()
-                                    if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONUNBUFFERED": "1",
-                                 "XDG_CACHE_HOME": str(tmp_path / "cache")})
-
-    def wait_for(text, count=1):
-        deadline = time.monotonic() + 300
-        while (tmp_path / f"{name}.out").read_text().count(text) < count:
-            assert proc.poll() is None and time.monotonic() < deadline, "never printed " + text
-            time.sleep(0.05)
-    return proc, wait_for
-
-
-STOP_RUN = ["--num_envs", "4", "--num_steps", "32", "--total_timesteps", "100000"]  # the
-# runs of a test share one compilation cache in tmp_path (the same program, compiled once)
-
-
-def test_cli_stop_by_signal_then_resume_equals_the_uninterrupted_run(tmp_path):
-    """SIGINT or SIGTERM mid-run: one line, the checkpoint and metrics so far, exit 130 or 143;
-    --resume then ends exactly where the uninterrupted run ends (metrics and every array)."""
-    whole = run_cli(*STOP_RUN, "--save", str(tmp_path / "whole.msgpack"),
-                    "--metrics", str(tmp_path / "whole.json"), cache=tmp_path / "cache")
-    assert whole.returncode == 0, whole.stderr
-    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        name = sig.name
-        proc, wait_for = start_cli(tmp_path, name, *STOP_RUN, "--save", f"{name}.msgpack",
-                                   "--metrics", f"{name}.json")
-        wait_for("update ")
-        proc.send_signal(sig)
-        assert proc.wait(timeout=120) == code
-        lines = (tmp_path / f"{name}.err").read_text().strip().splitlines()
-        assert len(lines) == 1 and f"stopped by {name} after update" in lines[0], lines
-        stopped = trpo.load_checkpoint(str(tmp_path / f"{name}.msgpack"))
-        assert 0 < stopped.updates_done < 781
-        partial = json.loads((tmp_path / f"{name}.json").read_text())
-        assert len(partial["kl"][0]) == stopped.updates_done
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
-    resumed = run_cli("--resume", str(tmp_path / "SIGINT.msgpack"), "--metrics",
-                      str(tmp_path / "resumed.json"), cache=tmp_path / "cache")
-    assert resumed.returncode == 0, resumed.stderr
-    expected = json.loads((tmp_path / "whole.json").read_text())
-    got = json.loads((tmp_path / "resumed.json").read_text())
-    assert all(got[k] == expected[k] for k in trpo.Metrics._fields)
-    a, b = (trpo.load_checkpoint(str(tmp_path / f)) for f in ("whole.msgpack", "SIGINT.msgpack"))
-    assert a.updates_done == b.updates_done == 781
-    for x, y in zip(jax.tree.leaves((a.state, a.metrics)), jax.tree.leaves((b.state, b.metrics))):
-        np.testing.assert_array_equal(x, y)
-
-
-def test_cli_second_ctrl_c_exits_at_once(tmp_path):
-    proc, wait_for = start_cli(tmp_path, "twice", *STOP_RUN, "--total_timesteps", "2000000")
-    wait_for("update ", count=3)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == -signal.SIGINT
-
-
-def test_cli_checkpoint_every_and_failing_outputs(tmp_path, monkeypatch):
-    """--checkpoint_every N saves after every N updates; a failing output (here the plot) prints
-    one line and exit 2, and the checkpoint and the other outputs are still written."""
-    saved = []
-    save = trpo.save_checkpoint
-    monkeypatch.setattr(trpo, "save_checkpoint",
-                        lambda path, ckpt: saved.append(ckpt.updates_done) or save(path, ckpt))
-    monkeypatch.setattr(trpo, "plot_curves", lambda *a: 1 / 0)
-    code = trpo.main(["--num_envs", "4", "--num_steps", "32", "--total_timesteps", str(10 * 128),
-                      "--quiet", "--no-compile-cache", "--checkpoint_every", "4", "--save",
-                      str(tmp_path / "c.msgpack"), "--plot", str(tmp_path / "p.png"),
-                      "--metrics", str(tmp_path / "m.json")])
-    assert code == 2 and saved == [4, 8, 10]
-    assert trpo.load_checkpoint(str(tmp_path / "c.msgpack")).updates_done == 10
-    assert len(json.loads((tmp_path / "m.json").read_text())["kl"][0]) == 10
-
-
-def test_cli_closed_stdout_or_ascii_terminal_keeps_the_model(tmp_path):
-    """stdout piped into `head -1`, or a terminal that cannot encode '±': the run goes on, and
-    the checkpoint is written."""
-    args = [sys.executable, os.path.join(HERE, "trpo.py"), "--num_envs", "4", "--num_steps", "32",
-            "--total_timesteps", "1280", "--no-compile-cache"]
-    proc = subprocess.Popen([*args, "--save", "a.msgpack"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    proc.stdout.readline()
-    proc.stdout.close()
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    ascii_run = subprocess.run([*args, "--save", "b.msgpack"], cwd=tmp_path, capture_output=True,
-                               env={**os.environ, "PYTHONIOENCODING": "ascii"})
-    assert ascii_run.returncode == 0 and b"final training return" in ascii_run.stdout
-    for name in ("a.msgpack", "b.msgpack"):
-        assert trpo.load_checkpoint(str(tmp_path / name)).updates_done == 10
-
-
-def test_cli_corrupt_compile_cache_heals_after_one_run(tmp_path):
-    """An empty XDG_CACHE_HOME caches under ~/.cache (not the cwd); entries that fail to load are
-    replaced in the next run, with one line, and the run after it is silent."""
-    env = {**os.environ, "XDG_CACHE_HOME": "", "HOME": str(tmp_path)}
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # set by importing jax; a user's shell has not got it
-    run = lambda: subprocess.run([sys.executable, os.path.join(HERE, "trpo.py"), "--num_envs", "4",
-                                  "--num_steps", "32", "--total_timesteps", "256", "--quiet"],
-                                 capture_output=True, text=True, timeout=300, env=env,
-                                 cwd=tmp_path)
-    assert run().returncode == 0
-    entries = list((tmp_path / ".cache" / "trpo-jax").glob("*-cache"))
-    assert entries and not list(tmp_path.glob("trpo-jax"))
-    for entry in entries:
-        entry.write_bytes(b"garbage")
-    healing = run()
-    assert healing.returncode == 0 and "Traceback" not in healing.stderr
-    assert healing.stderr.count("\n") == 1 and "compilation cache" in healing.stderr
-    healed = run()
-    assert healed.returncode == 0 and healed.stderr == ""
-    assert all(entry.stat().st_size > 100 for entry in entries)
-
-
-@pytest.mark.parametrize("flags,named", [(["--hidden_sizes", "4096,4096"], "--hidden_sizes"),
-                                         (["--seeds", "3"], "--num_envs and --num_steps")])
-def test_cli_out_of_memory_is_one_line_naming_the_flag(monkeypatch, capsys, flags, named):
-    """XLA's allocation failure (seen by hand under `ulimit -v`: 'Out of memory allocating
-    3600000000 bytes' for --hidden_sizes 30000,30000) becomes one line naming what to lower."""
-    def exhausted(*args):
-        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9 bytes.")
-    monkeypatch.setattr(trpo, "train_runs", exhausted)
-    assert trpo.main([*flags, "--quiet", "--no-compile-cache"]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "Out of memory" in lines[0] and named in lines[0], lines
-
-
-def test_sigterm_during_save_leaves_a_whole_checkpoint_and_no_temp_file(tmp_path):
-    """SIGTERM while the temp file is being written: the write finishes and is renamed, then
-    the signal acts (exit 143); no .tmp- file is left."""
-    code = ("import sys, jax, numpy as np, trpo\n"
-            "config = trpo.make_config(num_envs=4, num_steps=32, total_timesteps=128, "
-            "hidden_sizes=(2048, 2048))\n"
-            "state, buffer = jax.jit(trpo.make_train_parts(config)[0])(jax.random.PRNGKey(0))\n"
-            "runs = lambda t: jax.tree.map(lambda x: np.asarray(x)[None, None], t)\n"
-            "trpo.save_checkpoint('c.msgpack', trpo.Checkpoint(config, 'max_kl', [0.01], 1, 0, "
-            "runs(state), runs(buffer)))\n"
-            "import time; time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": HERE})
-    deadline = time.monotonic() + 300
-    while not list(tmp_path.glob(".tmp-*")):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.001)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == -signal.SIGTERM
-    assert not list(tmp_path.glob(".tmp-*"))
-    assert trpo.load_checkpoint(str(tmp_path / "c.msgpack")).config.hidden_sizes == (2048, 2048)
-
-
-def test_non_finite_parameters_with_finite_metrics_stop_with_one_line(tmp_path, monkeypatch,
-                                                                     capsys):
-    """A critic that turns NaN while every metric of its update is still finite."""
-    update_critic = trpo.update_critic
-
-    def poisoned(*args):
-        critic, loss = update_critic(*args)
-        return critic._replace(params=jax.tree.map(lambda x: x * jnp.nan, critic.params)), loss
-    monkeypatch.setattr(trpo, "update_critic", poisoned)
-    code = trpo.main(["--num_envs", "4", "--num_steps", "32", "--total_timesteps", "640",
-                      "--quiet", "--no-compile-cache", "--save", str(tmp_path / "c.msgpack")])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, lines
-    assert "parameters went non-finite by update 1" in lines[0]
-    assert trpo.load_checkpoint(str(tmp_path / "c.msgpack")).updates_done == 0

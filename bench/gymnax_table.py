@@ -33,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import gymnax  # noqa: E402
 import trpo  # noqa: E402
+import trpo_cli  # noqa: E402
 
 TUNING_SEED, HELDOUT_SEED = 0, 1
 MINATAR = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar",
@@ -268,7 +269,7 @@ def main():
         return
     if args.choose:
         choose(results, args.choose)
-    overrides = {k: trpo.parse_sizes(v) if k == "hidden_sizes" else float(v) if "." in v else
+    overrides = {k: trpo_cli.parse_sizes(v) if k == "hidden_sizes" else float(v) if "." in v else
                  int(v) for k, v in (s.split("=", 1) for s in args.set)}
     start, longest = time.perf_counter(), 0.0
     for env_name in [] if args.choose else args.envs.split(","):

@@ -15,6 +15,7 @@ import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import trpo  # noqa: E402
+import trpo_cli  # noqa: E402
 
 
 def raw_rollout_fn(config: trpo.Config, total_steps: int):
@@ -76,7 +77,7 @@ def main():
 
     # Progress callback cost: the default CartPole run with and without progress, alternated.
     config = trpo.make_config(args.env)
-    printer = trpo.make_progress_printer(config, 1, [time.perf_counter()])
+    printer = trpo_cli.make_progress_printer(config, 1, [time.perf_counter()])
     quiet = jax.jit(trpo.make_train(config))
     # the callback machinery, no printing
     loud = jax.jit(trpo.make_train(config, lambda i, m: None))
