@@ -19,6 +19,7 @@ writes the held-out seeds of that value as the table rows.
     python bench/gymnax_table.py --markdown                   # the table, into RESULTS.md
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -269,8 +270,9 @@ def main():
         return
     if args.choose:
         choose(results, args.choose)
-    overrides = {k: trpo_cli.parse_sizes(v) if k == "hidden_sizes" else float(v) if "." in v else
-                 int(v) for k, v in (s.split("=", 1) for s in args.set)}
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(trpo.Config)}
+    parse = {tuple: trpo_cli.parse_sizes, bool: trpo_cli.parse_bool, int: int, float: float}
+    overrides = {k: parse[kinds[k]](v) for k, v in (s.split("=", 1) for s in args.set)}
     start, longest = time.perf_counter(), 0.0
     for env_name in [] if args.choose else args.envs.split(","):
         done = results["screens" if args.screen else "rows"]
