@@ -104,7 +104,7 @@ def evaluate_runs(config, state, episodes, lead=1):
     return np.asarray(run(params, stats, eval_keys(num))).mean(1)
 
 
-def row(env_name, config, per_seed, random, train_s, extra=None):
+def row(env_name, config, per_seed, random, train_s, episodes, extra=None):
     published, agent, steps = PUBLISHED.get(env_name, (None, None, budget(env_name)))
     summary = trpo.summarize_seeds(per_seed)
     return {"env": env_name, "published": published, "published_agent": agent,
@@ -113,7 +113,7 @@ def row(env_name, config, per_seed, random, train_s, extra=None):
             "steps": config.total_timesteps, "train_s": round(train_s, 1),
             "device": jax.devices()[0].device_kind, "jax": jax.__version__,
             "preset": trpo.PRESETS.get(env_name, {}), "per_seed": [float(x) for x in per_seed],
-            **(extra or {})}
+            "episodes": episodes, **(extra or {})}
 
 
 def curve(metrics, points=20):
@@ -160,7 +160,7 @@ def run_env(env_name, seeds, episodes, overrides=None):
     train_s = time.perf_counter() - start
     per_seed = evaluate_runs(config, state, episodes)
     random = random_returns(config, eval_keys(seeds), episodes)
-    return row(env_name, config, per_seed, random, train_s, {"curve": curve(metrics)})
+    return row(env_name, config, per_seed, random, train_s, episodes, {"curve": curve(metrics)})
 
 
 def screen_env(env_name, field, values, tune_seeds, seeds, episodes, overrides):
@@ -181,6 +181,7 @@ def screen_env(env_name, field, values, tune_seeds, seeds, episodes, overrides):
             "train_s": round(train_s, 1), "device": jax.devices()[0].device_kind,
             "jax": jax.__version__, "steps": budget(env_name), "random": random.tolist(),
             "tuning": per_run[:, :tune_seeds].tolist(), "heldout": per_run[:, tune_seeds:].tolist(),
+            "episodes": episodes,
             "curves": [curve(jax.tree.map(lambda x: x[i], metrics)) for i in range(len(values))]}
 
 
@@ -197,7 +198,8 @@ def choose(results, field):
     for s in screens:
         config = trpo.make_config(s["env"], total_timesteps=s["steps"])
         results["rows"][s["env"]] = {**row(s["env"], config, s["heldout"][best], s["random"],
-                                           s["train_s"]), "device": s["device"], "jax": s["jax"],
+                                           s["train_s"], s.get("episodes", 20)),
+                                     "device": s["device"], "jax": s["jax"],
                                      "train_s_note": f"all {len(values)} values x "
                                      f"{len(s['tuning'][0]) + len(s['heldout'][0])} seeds",
                                      "curve": s["curves"][best], "chosen": {field: values[best]}}
@@ -209,7 +211,8 @@ def fmt(x):
 
 def markdown(results):
     lines = ["| env | published (agent) | random | trpo.py IQM [95% CI] | mean | worst seed | "
-             "seeds | steps | train time (device) |", "|---|---|---|---|---|---|---|---|---|"]
+             "seeds × eval episodes | steps | train time (device) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for env_name in ENVS:
         r = results["rows"].get(env_name)
         published, agent, _ = PUBLISHED.get(env_name, (None, None, None))
@@ -219,7 +222,8 @@ def markdown(results):
             continue
         lines.append(f"| {env_name} | {pub} | {fmt(r['random'])} | {fmt(r['iqm'])} "
                      f"[{fmt(r['iqm_ci'][0])}, {fmt(r['iqm_ci'][1])}] | {fmt(r['mean'])} | "
-                     f"{fmt(r['worst'])} | {r['seeds']} | {r['steps'] / 1e6:g}M | "
+                     f"{fmt(r['worst'])} | {r['seeds']} × {r.get('episodes', 20)} | "
+                     f"{r['steps'] / 1e6:g}M | "
                      f"{r['train_s']:.0f} s ({r['device']}) |")
     return "\n".join(lines)
 
