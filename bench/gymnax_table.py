@@ -54,6 +54,10 @@ PUBLISHED = {
     "BernoulliBandit-misc": (90, "ES", 1_000_000), "GaussianBandit-misc": (0, "ES", 1_000_000),
 }
 ENVS = [e for e in gymnax.registered_envs if e != "MNISTBandit-bsuite"]
+# Envs that a feedforward policy cannot solve: the reward depends on what an episode showed
+# earlier (a cue, or the task drawn at reset, learned by ES with memory in a meta-RL setting).
+NEEDS_MEMORY = ("MemoryChain-bsuite", "MetaMaze-misc", "PointRobot-misc", "BernoulliBandit-misc",
+                "GaussianBandit-misc")
 
 
 STEPS_OVERRIDE = {}  # --steps, for smoke runs
@@ -217,10 +221,11 @@ def markdown(results):
         r = results["rows"].get(env_name)
         published, agent, _ = PUBLISHED.get(env_name, (None, None, None))
         pub = f"{fmt(published)} ({agent})" if published is not None else "—"
+        label = f"{env_name} (needs memory)" if env_name in NEEDS_MEMORY else env_name
         if r is None:
-            lines.append(f"| {env_name} | {pub} | | not run | | | | | |")
+            lines.append(f"| {label} | {pub} | | not run | | | | | |")
             continue
-        lines.append(f"| {env_name} | {pub} | {fmt(r['random'])} | {fmt(r['iqm'])} "
+        lines.append(f"| {label} | {pub} | {fmt(r['random'])} | {fmt(r['iqm'])} "
                      f"[{fmt(r['iqm_ci'][0])}, {fmt(r['iqm_ci'][1])}] | {fmt(r['mean'])} | "
                      f"{fmt(r['worst'])} | {r['seeds']} × {r.get('episodes', 20)} | "
                      f"{r['steps'] / 1e6:g}M | "
