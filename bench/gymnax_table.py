@@ -209,6 +209,13 @@ def choose(results, field):
                                      "curve": s["curves"][best], "chosen": {field: values[best]}}
 
 
+def parse_overrides(texts):
+    """["FIELD=VALUE", ...] -> Config overrides, each parsed by its field's type."""
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(trpo.Config)}
+    parse = {tuple: trpo_cli.parse_sizes, bool: trpo_cli.parse_bool, int: int, float: float}
+    return {k: parse[kinds[k]](v) for k, v in (text.split("=", 1) for text in texts)}
+
+
 def fmt(x):
     return "—" if x is None else f"{x:.4g}" if abs(x) < 10 else f"{x:.1f}"
 
@@ -279,9 +286,7 @@ def main():
         return
     if args.choose:
         choose(results, args.choose)
-    kinds = {f.name: type(f.default) for f in dataclasses.fields(trpo.Config)}
-    parse = {tuple: trpo_cli.parse_sizes, bool: trpo_cli.parse_bool, int: int, float: float}
-    overrides = {k: parse[kinds[k]](v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = parse_overrides(args.set)
     start, longest = time.perf_counter(), 0.0
     for env_name in [] if args.choose else args.envs.split(","):
         done = results["screens" if args.screen else "rows"]

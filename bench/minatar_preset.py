@@ -65,7 +65,7 @@ def main():
     save = lambda: json.dump(results, open(args.out, "w"), indent=1)
     start = time.perf_counter()
     if args.chosen:
-        chosen = {k: float(v) for k, v in (kv.split("=") for kv in args.chosen.split(","))}
+        chosen = table.parse_overrides(args.chosen.split(","))
     else:
         points = [list(p) for p in itertools.product(*GRID.values())]
         tuning = results["minatar_tuning"] = {}
