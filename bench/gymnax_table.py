@@ -149,7 +149,8 @@ def plot_minatar(results, path):
             ax.axhline(PUBLISHED[env_name][0], ls="--", c="gray", label="PPO (gymnax)")
         ax.set(title=f"{env_name} ({r['seeds']} seeds)", xlabel="env steps")
     axes[0].set(ylabel="training return")
-    axes[0].legend()
+    if axes[0].get_legend_handles_labels()[0]:  # Asterix has a row
+        axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
