@@ -41,12 +41,16 @@ def random_policy_batch(discrete, key, batch=64, obs_dim=3, action_dim=2):
     return policy, params, trpo.PolicyBatch(obs, action, advantage, trpo.log_prob(dist, action))
 
 
+def user_env(**extra):
+    """The environment of a user's shell, unbuffered: without the TF_CPP_MIN_LOG_LEVEL that
+    importing jax sets in this process."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
 def run_cli(*args, timeout=600, cache=None):
     """trpo.py as a user runs it; `cache` (a directory) shares compiled programs between runs."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # set by importing jax; a user's shell has not got it
-    if cache:
-        env["XDG_CACHE_HOME"] = str(cache)
+    env = user_env(**({"XDG_CACHE_HOME": str(cache)} if cache else {}))
     return subprocess.run([sys.executable, os.path.join(HERE, "trpo.py"), *args],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE)
 
@@ -1016,9 +1020,7 @@ def start_cli(tmp_path, name, *args):
     out = open(tmp_path / f"{name}.out", "w")
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "trpo.py"), *args], cwd=tmp_path,
                             stdout=out, stderr=open(tmp_path / f"{name}.err", "w"),
-                            env={**{k: v for k, v in os.environ.items()
-                                    if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONUNBUFFERED": "1",
-                                 "XDG_CACHE_HOME": str(tmp_path / "cache")})
+                            env=user_env(XDG_CACHE_HOME=str(tmp_path / "cache")))
 
     def wait_for(text, count=1):
         deadline = time.monotonic() + 300
@@ -1111,8 +1113,7 @@ def test_cli_closed_stdout_or_ascii_terminal_keeps_the_model(tmp_path):
 def test_cli_corrupt_compile_cache_heals_after_one_run(tmp_path):
     """An empty XDG_CACHE_HOME caches under ~/.cache (not the cwd); entries that fail to load are
     replaced in the next run, with one line, and the run after it is silent."""
-    env = {**os.environ, "XDG_CACHE_HOME": "", "HOME": str(tmp_path)}
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # set by importing jax; a user's shell has not got it
+    env = user_env(XDG_CACHE_HOME="", HOME=str(tmp_path))
     run = lambda: subprocess.run([sys.executable, os.path.join(HERE, "trpo.py"), "--num_envs", "4",
                                   "--num_steps", "32", "--total_timesteps", "256", "--quiet"],
                                  capture_output=True, text=True, timeout=300, env=env,
