@@ -187,6 +187,11 @@ def parse_sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected integers like 64,64, got {text!r}") from None
 
 
+def flag_type(field: dataclasses.Field) -> Callable[[str], Any]:
+    """How the flag of a Config field parses its text."""
+    return {bool: parse_bool, float: float, tuple: parse_sizes}.get(type(field.default), int)
+
+
 def config_comments() -> dict[str, str]:
     """The '# ...' comment after each Config field, reused as that flag's --help text."""
     import inspect
@@ -204,10 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seeds", type=int, default=1, help="seeds trained at once with vmap (default: 1)")
     comments = config_comments()
     for field in dataclasses.fields(Config)[1:]:
-        kind = {bool: parse_bool, float: float, tuple: parse_sizes}.get(type(field.default), int)
         default = field.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        add(f"--{field.name}", type=kind, help=f"{comments[field.name]} (default: {shown})")
+        add(f"--{field.name}", type=flag_type(field),
+            help=f"{comments[field.name]} (default: {shown})")
     add("--quiet", action="store_true", help="no progress lines")
     add("--plot", metavar="PATH.png", help="save the learning curves")
     add("--metrics", metavar="PATH", help="per-update metrics and eval returns (.csv or .json)")

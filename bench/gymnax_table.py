@@ -212,9 +212,8 @@ def choose(results, field):
 
 def parse_overrides(texts):
     """["FIELD=VALUE", ...] -> Config overrides, each parsed by its field's type."""
-    kinds = {f.name: type(f.default) for f in dataclasses.fields(trpo.Config)}
-    parse = {tuple: trpo_cli.parse_sizes, bool: trpo_cli.parse_bool, int: int, float: float}
-    return {k: parse[kinds[k]](v) for k, v in (text.split("=", 1) for text in texts)}
+    parse = {f.name: trpo_cli.flag_type(f) for f in dataclasses.fields(trpo.Config)}
+    return {k: parse[k](v) for k, v in (text.split("=", 1) for text in texts)}
 
 
 def fmt(x):
