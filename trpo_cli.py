@@ -189,7 +189,8 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 
 def flag_type(field: dataclasses.Field) -> Callable[[str], Any]:
     """How the flag of a Config field parses its text."""
-    return {bool: parse_bool, float: float, tuple: parse_sizes}.get(type(field.default), int)
+    parsers = {bool: parse_bool, int: int, float: float, str: str, tuple: parse_sizes}
+    return parsers[type(field.default)]
 
 
 def config_comments() -> dict[str, str]:
