@@ -1229,12 +1229,20 @@ def test_gymnax_table_and_minatar_preset_smoke(tmp_path):
     script = lambda name: os.path.join(HERE, "bench", f"{name}.py")
     for args in ([script("gymnax_table"), "--envs", "CartPole-v1", "--steps", "2048"],
                  [script("minatar_preset"), "--chosen", "gamma=0.99,entropy_coef=0.01",
-                  "--games", "Breakout-MinAtar", "--steps", "8192"]):
+                  "--games", "Breakout-MinAtar", "--steps", "8192"],
+                 [script("minatar_preset"), "--joint", "--grid", "entropy_coef=0.01,0.03",
+                  "--tune_seeds", "1", "--games", "Asterix-MinAtar", "--steps", "8192"]):
         done = subprocess.run([sys.executable, *args, "--seeds", "2", "--episodes", "2", "--out",
                                str(out)], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    results = json.loads(out.read_text())
+    rows = results["rows"]
     assert rows["CartPole-v1"]["seeds"] == 2 and rows["Breakout-MinAtar"]["steps"] == 8192
     assert rows["Breakout-MinAtar"]["chosen"] == {"gamma": 0.99, "entropy_coef": 0.01}
+    # --joint: the row is the held-out seeds of the point with the best tuning mean
+    joint = results["minatar_joint"]["Asterix-MinAtar"]
+    best = int(np.argmax(np.mean(joint["returns"], axis=1)))
+    assert rows["Asterix-MinAtar"]["chosen"] == {"entropy_coef": (0.01, 0.03)[best]}
+    assert rows["Asterix-MinAtar"]["per_seed"] == joint["heldout"][best]
     load_bench("gymnax_table").plot_minatar({"rows": rows}, str(tmp_path / "m.png"))
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
