@@ -77,8 +77,11 @@ def joint(env_name, fields, points, tune_seeds, seeds, episodes):
 
 def choose(tuning, fields, points):
     """The point with the best score: mean tuning return / published, averaged over the games
-    of TUNE_GAMES that were tuned."""
-    games = [e for e in TUNE_GAMES if e in tuning]
+    of TUNE_GAMES that were tuned (or, if none was, over every tuned game with a figure)."""
+    games = ([e for e in TUNE_GAMES if e in tuning]
+             or [e for e in tuning if table.PUBLISHED[e][0]])
+    if not games:
+        raise SystemExit("no tuned game has a published figure to score the grid against")
     scores = [np.mean([np.mean(tuning[e]["returns"][i]) / table.PUBLISHED[e][0] for e in games])
               for i in range(len(points))]
     return dict(zip(fields, points[int(np.argmax(scores))])), scores, games
