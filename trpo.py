@@ -61,10 +61,10 @@ class Config:
 # Per-env overrides, applied by make_config. Budgets are the zoo's; each choice won a sweep on the
 # tuning seeds (key 0); the tables are in bench/RESULTS.md.
 PRESETS: dict[str, dict[str, Any]] = {
-    # obs normalization as the zoo; max_kl 0.03 fixed seeds that never swung up at 0.01; reward
-    # scaling and annealing measured no better here
-    "Acrobot-v1": dict(normalize_observations=True, max_kl=0.03, normalize_rewards=False,
-                       anneal_max_kl=False),
+    # obs normalization as the zoo; a larger max_kl fixed seeds that never swung up at 0.01;
+    # annealed from 0.05 it settles better at 500k steps (-74.8 vs -79.9) and ties at 100k;
+    # reward scaling measured no better
+    "Acrobot-v1": dict(normalize_observations=True, max_kl=0.05, normalize_rewards=False),
     # obs normalization as the zoo; a stronger critic and max_kl 0.02 reach the flag sooner
     "MountainCar-v0": dict(normalize_observations=True, max_kl=0.02, vf_epochs=20, vf_lr=3e-3),
     # gamma 0.9 as the zoo; small batches (4 x 256) and a stronger critic learn sooner; reward
@@ -75,6 +75,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # reward scaling without annealing kept every tuning seed at the goal
     "MountainCarContinuous-v0": dict(normalize_observations=True, total_timesteps=50_000,
                                      init_log_std=0.75, anneal_max_kl=False),
+    # bsuite: 32 envs, 4x the episodes per batch, so the first-step choice (DiscountingChain's
+    # arm, DeepSea's direction) gets a less noisy gradient; both found the best arm more often
+    **{f"{name}-bsuite": dict(num_envs=32) for name in ("Catch", "DeepSea", "MemoryChain",
+                                                        "UmbrellaChain", "DiscountingChain",
+                                                        "SimpleBandit", "MNISTBandit")},
     # one setting for all five games, as the paper's one setting for Atari: gymnax-blines' PPO
     # batch (64 envs x 128 steps) and budget (10M steps); an entropy bonus (policies collapsed
     # to near-deterministic without it), 0.03 winning a damping x bonus grid on the tuning
