@@ -76,7 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "MountainCarContinuous-v0": dict(normalize_observations=True, total_timesteps=50_000,
                                      init_log_std=0.75, anneal_max_kl=False),
     # bsuite: 32 envs, 4x the episodes per batch, so the first-step choice (DiscountingChain's
-    # arm, DeepSea's direction) gets a less noisy gradient; both found the best arm more often
+    # arm, DeepSea's path) gets a less noisy gradient; both found the best one on more seeds
     **{f"{name}-bsuite": dict(num_envs=32) for name in ("Catch", "DeepSea", "MemoryChain",
                                                         "UmbrellaChain", "DiscountingChain",
                                                         "SimpleBandit", "MNISTBandit")},

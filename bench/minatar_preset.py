@@ -87,6 +87,19 @@ def choose(tuning, fields, points):
     return dict(zip(fields, points[int(np.argmax(scores))])), scores, games
 
 
+def within_deadline(games, deadline, start):
+    """Yield each game unless the time so far plus 1.1x the longest game yet would pass the
+    deadline."""
+    longest = 0.0
+    for env_name in games:
+        if time.perf_counter() - start + 1.1 * longest > deadline:
+            print(f"{env_name}: skipped, the deadline would pass", flush=True)
+            continue
+        began = time.perf_counter()
+        yield env_name
+        longest = max(longest, time.perf_counter() - began)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tune_seeds", type=int, default=4)
@@ -126,16 +139,10 @@ def main():
         results["minatar_choice"] = {"scores": scores, "chosen": chosen}
         save()
         print(f"scores {[round(s, 4) for s in scores]} -> {chosen}", flush=True)
-    longest = 0.0
-    for env_name in args.games.split(","):
-        if time.perf_counter() - start + 1.1 * longest > args.deadline:
-            print(f"{env_name}: skipped, the deadline would pass", flush=True)
-            continue
-        began = time.perf_counter()
+    for env_name in within_deadline(args.games.split(","), args.deadline, start):
         r = table.run_env(env_name, args.seeds, args.episodes, chosen)
         results["rows"][env_name] = {**r, "chosen": chosen}
         save()
-        longest = max(longest, time.perf_counter() - began)
         print(f"{env_name}: IQM {r['iqm']:.2f} [{r['iqm_ci'][0]:.2f}, {r['iqm_ci'][1]:.2f}], "
               f"mean {r['mean']:.2f}, worst {r['worst']:.2f}, random {r['random']:.2f}, "
               f"published {r['published']}; {r['train_s']} s", flush=True)
@@ -145,20 +152,14 @@ def run_joint(args, results, save, fields, points, start):
     """--joint: one program per game over points x (tuning + held-out seeds); after each game,
     choose on the tuning seeds of the games done so far and write every done game's row."""
     tuning = results["minatar_joint"] = {}
-    longest = 0.0
-    for env_name in args.games.split(","):
-        if time.perf_counter() - start + 1.1 * longest > args.deadline:
-            print(f"{env_name}: skipped, the deadline would pass", flush=True)
-            continue
-        began = time.perf_counter()
+    for env_name in within_deadline(args.games.split(","), args.deadline, start):
         t = tuning[env_name] = joint(env_name, fields, points, args.tune_seeds, args.seeds,
                                      args.episodes)
-        longest = max(longest, time.perf_counter() - began)
         print(f"{env_name}: {t['train_s']} s; tuning / held-out means " + ", ".join(
             f"{p}: {np.mean(r):.2f} / {np.mean(h):.2f}"
             for p, r, h in zip(points, t["returns"], t["heldout"])), flush=True)
         chosen, scores, games = choose(tuning, fields, points)
-        best = points.index([chosen[f] for f in fields])
+        best = int(np.argmax(scores))
         results["minatar_choice"] = {"scores": scores, "chosen": chosen, "games": games}
         for e, g in tuning.items():
             config = trpo.make_config(e, total_timesteps=table.budget(e))
