@@ -1224,6 +1224,36 @@ def test_gymnax_table_random_column_matches_a_python_loop():
     assert "| CartPole-v1 | 500.0 (PPO) |" in table.markdown({"rows": {}})
 
 
+def test_probe_sampled_returns_against_a_python_loop():
+    """bench/probe.py's sampled-action returns against a plain loop over env.step with the same
+    keys that stops counting each episode at its end; then the script on a tiny budget."""
+    probe = load_bench("probe")
+    config = trpo.make_config("CartPole-v1")
+    agent = trpo.make_agent(config)
+    params = agent.policy.init(jax.random.PRNGKey(3), jnp.zeros((1, agent.obs_dim)))
+    stats = trpo.RunningStats(jnp.zeros(agent.obs_dim), jnp.ones(agent.obs_dim), jnp.array(1.0))
+    key = jax.random.PRNGKey(7)
+    column = np.asarray(probe.sampled_returns(config, params, stats, key, 3))
+    reset_key, step_key = jax.random.split(key)
+    obs, state = jax.vmap(agent.env.reset, in_axes=(0, None))(jax.random.split(reset_key, 3),
+                                                              agent.env_params)
+    obs, totals, alive = obs.reshape(3, -1), np.zeros(3), np.ones(3, bool)
+    for k in jax.random.split(step_key, 500):
+        action_key, env_key = jax.random.split(k)
+        action = jax.random.categorical(action_key, agent.policy.apply(params, obs).logits)
+        obs, state, reward, term, trunc, _ = trpo.step_envs(agent, state, action, env_key)
+        totals += np.where(alive, np.asarray(reward), 0.0)
+        alive &= ~np.asarray(term | trunc)
+        if not alive.any():
+            break
+    assert column == pytest.approx(totals, abs=1e-4) and totals.min() > 0
+    done = subprocess.run([sys.executable, os.path.join(HERE, "bench", "probe.py"), "--env",
+                           "CartPole-v1", "--steps", "2048", "--seeds", "2", "--episodes", "2",
+                           "--replay", "2"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "seed 1: greedy" in done.stdout and "greedy episode:" in done.stdout
+
+
 def test_gymnax_table_and_minatar_preset_smoke(tmp_path):
     """Both table scripts on a tiny budget, into a JSON outside the repo; then the curves plot."""
     out = tmp_path / "table.json"
