@@ -654,7 +654,12 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(1)  # not sys.exit: jax.distributed's shutdown would wait for the lost peer
         if stopped and args.save is None:
             args.save = f"trpo-{config.env_name}-stopped.msgpack"
-    return write_outputs(ckpt, args, stopped, failure, seen)
+    code = write_outputs(ckpt, args, stopped, failure, seen)
+    if jax.process_count() > 1:  # its peers left without the shutdown handshake, and at exit
+        sys.stdout.flush()  # jax.distributed's shutdown can abort on that (SIGABRT after the
+        sys.stderr.flush()  # outputs were written), so process 0 leaves the same way
+        os._exit(code)
+    return code
 
 
 def too_large(config: Config, args: argparse.Namespace) -> str:
