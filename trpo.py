@@ -4,30 +4,54 @@ Schulman, Levine, Moritz, Jordan, Abbeel. "Trust Region Policy Optimization", IC
 Schulman, Moritz, Levine, Jordan, Abbeel. "High-Dimensional Continuous Control Using
 Generalized Advantage Estimation", ICLR 2016.
 
-Sections, in the order data flows: 1 config -> 2 distributions -> 3 networks -> 4 rollout ->
-5 advantages -> 6 trust-region step -> 7 critic -> 8 training -> 9 evaluation -> 10 command line.
-Sections 2, 5 and 6 are the copyable core: they need only jax and chex, and take their
-hyperparameters as plain arguments (or TRPOHyperparams), never Config. `python trpo.py` runs
-trpo_cli.py beside this file: flags, progress, stop and resume, checkpoints and outputs.
+Sections follow the data: 1 config, 2 the copyable core (distributions, GAE, the trust-region
+step: only jax and chex, never Config), 3 networks, 4 rollout, 5 critic, 6 training,
+7 evaluation, 8 the command line (`python trpo.py --help`), which nothing above uses.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
+import signal
+import sys
+import threading
+import time
 from typing import Any, Callable, NamedTuple
 
-if __name__ == "__main__":  # as a script, hide XLA's C++ log lines (the compile cache's notices)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import chex
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from jax.flatten_util import ravel_pytree
-from jax.sharding import NamedSharding, PartitionSpec
+def temp_path(path: str) -> str:
+    """Where an output is written before it is renamed into place (section 8)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".tmp{os.getpid()}-{name}")
+
+
+def stop_on_signal(outputs: tuple[str, ...] = ()) -> None:
+    """Ctrl-C or SIGTERM at any moment: remove half-written outputs, one line, exit 130 or 143."""
+    def stop(signum: int, _frame: Any) -> None:
+        for path in outputs:
+            if os.path.exists(temp_path(path)):
+                os.remove(temp_path(path))
+        print(f"trpo.py: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)  # at once, from any state; nothing needs saving
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
+if __name__ == "__main__":  # before JAX is imported, so that a signal while it loads is one line
+    stop_on_signal()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide XLA's C++ log lines
+
+import chex  # noqa: E402
+import flax.linen as nn  # noqa: E402
+import gymnax  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.flatten_util import ravel_pytree  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- 1. Config
@@ -36,11 +60,11 @@ class Config:
     env_name: str = "CartPole-v1"
     num_envs: int = 8  # parallel envs; 8 x 128 = 1024 samples/update, as the zoo's 2 x 512
     num_steps: int = 128  # rollout length per env per update
-    total_timesteps: int = 100_000  # the zoo's CartPole budget
+    total_timesteps: int = 100_000  # env steps per run (the zoo's CartPole budget)
     gamma: float = 0.99  # discount (zoo, sb3)
     gae_lambda: float = 0.98  # GAE lambda (zoo CartPole)
     max_kl: float = 0.01  # trust-region radius delta (paper, sb3, Spinning Up)
-    anneal_max_kl: bool = True  # delta_k = max_kl (1 - k / num_updates): settle by the end
+    anneal_max_kl: bool = True  # delta = max_kl (1 - env_steps / total_timesteps); paper: false
     cg_iters: int = 10  # conjugate-gradient iterations (paper, Spinning Up)
     cg_damping: float = 0.1  # Fisher damping (sb3, Spinning Up)
     cg_residual_tol: float = 1e-10  # stop CG once r^T r falls below this
@@ -49,8 +73,8 @@ class Config:
     vf_lr: float = 1e-3  # critic Adam learning rate (zoo)
     vf_epochs: int = 10  # critic passes over each batch (sb3 n_critic_updates)
     vf_minibatches: int = 4  # critic minibatches per pass (256 samples each)
-    hidden_sizes: tuple[int, ...] = (64, 64)  # sb3 MlpPolicy
-    normalize_advantages: bool = True  # sb3 default
+    hidden_sizes: tuple[int, ...] = (64, 64)  # policy and value MLP widths (sb3 MlpPolicy)
+    normalize_advantages: bool = True  # standardize advantages per batch (sb3)
     normalize_observations: bool = False  # running mean/var (VecNormalize); on where the zoo has it
     normalize_rewards: bool = True  # divide rewards by the running std of the discounted return
     init_log_std: float = 0.0  # Gaussian policies: initial log standard deviation
@@ -61,39 +85,33 @@ class Config:
 # Per-env overrides, applied by make_config. Budgets are the zoo's; each choice won a sweep on the
 # tuning seeds (key 0); the tables are in bench/RESULTS.md.
 PRESETS: dict[str, dict[str, Any]] = {
-    # obs normalization as the zoo; a larger max_kl fixed seeds that never swung up at 0.01;
-    # annealed from 0.05 it settles better at 500k steps (-74.8 vs -79.9) and ties at 100k;
-    # reward scaling measured no better
+    # obs normalization as the zoo; max_kl 0.05 swings up seeds that 0.01 left hanging
     "Acrobot-v1": dict(normalize_observations=True, max_kl=0.05, normalize_rewards=False),
     # obs normalization as the zoo; a stronger critic and max_kl 0.02 reach the flag sooner
     "MountainCar-v0": dict(normalize_observations=True, max_kl=0.02, vf_epochs=20, vf_lr=3e-3),
-    # gamma 0.9 as the zoo; small batches (4 x 256) and a stronger critic learn sooner; reward
-    # scaling hurt here
+    # gamma 0.9 as the zoo; small batches and a stronger critic learn sooner; reward scaling hurt
     "Pendulum-v1": dict(gamma=0.9, gae_lambda=0.95, num_envs=4, num_steps=256, init_log_std=-0.5,
                         vf_epochs=20, vf_lr=3e-3, normalize_rewards=False),
-    # obs normalization as the zoo; wide initial exploration (log std 0.75) finds the goal;
-    # reward scaling without annealing kept every tuning seed at the goal
+    # obs normalization as the zoo; wide initial exploration (log std 0.75) finds the goal
     "MountainCarContinuous-v0": dict(normalize_observations=True, total_timesteps=50_000,
                                      init_log_std=0.75, anneal_max_kl=False),
-    # bsuite: 32 envs, 4x the episodes per batch, so the first-step choice (DiscountingChain's
-    # arm, DeepSea's path) gets a less noisy gradient; both found the best one on more seeds
-    **{f"{name}-bsuite": dict(num_envs=32) for name in ("Catch", "DeepSea", "MemoryChain",
-                                                        "UmbrellaChain", "DiscountingChain",
-                                                        "SimpleBandit", "MNISTBandit")},
-    # one setting for all five games, as the paper's one setting for Atari: gymnax-blines' PPO
-    # batch (64 envs x 128 steps) and budget (10M steps); an entropy bonus (policies collapsed
-    # to near-deterministic without it), 0.03 winning a damping x bonus grid on the tuning
-    # seeds; damping 0.01 (baselines' Atari TRPO: 1e-3): 0.1 swamps the small Fisher of rare states
-    **{f"{game}-MinAtar": dict(num_envs=64, num_steps=128, vf_minibatches=8,
-                               total_timesteps=10_000_000, entropy_coef=0.03, cg_damping=0.01)
+    # bsuite: 32 envs give the first-step choice (an arm, a path) a less noisy gradient
+    **{f"{name}-bsuite": dict(num_envs=32) for name in (
+        "Catch", "DeepSea", "MemoryChain", "UmbrellaChain", "DiscountingChain", "SimpleBandit",
+        "MNISTBandit")},
+    # one setting for all games, as the paper's for Atari: gymnax-blines' PPO batch and budget;
+    # an entropy bonus (policies collapsed without it); damping 0.01 (baselines' Atari: 1e-3)
+    **{f"{game}-MinAtar": dict(num_envs=64, num_steps=128, vf_minibatches=8, cg_damping=0.01,
+                               total_timesteps=10_000_000, entropy_coef=0.03)
        for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")},
 }
-RANGES = {"num_envs": (1, 2**31), "num_steps": (1, 2**31), "total_timesteps": (1, 2**31),
-          "cg_iters": (1, 2**31), "line_search_steps": (1, 2**31), "vf_epochs": (1, 2**31),
-          "vf_minibatches": (1, 2**31), "seed": (0, 2**32), "gamma": (0, 1), "gae_lambda": (0, 1),
-          "max_kl": (1e-30, math.inf), "vf_lr": (1e-30, math.inf), "cg_damping": (0, math.inf),
-          "entropy_coef": (0, math.inf),
-          "line_search_shrink": (1e-30, 1)}  # [low, high), or [low, high] for floats
+RANGES = {  # [low, high] of every numeric field; larger sizes do not compile or fit in memory
+    "num_envs": (1, 2**16), "num_steps": (1, 2**16), "total_timesteps": (1, 2**31 - 1),
+    "gamma": (0, 1), "gae_lambda": (0, 1), "max_kl": (1e-12, 10), "cg_iters": (1, 1000),
+    "cg_damping": (0, 1e6), "cg_residual_tol": (0, 1), "line_search_steps": (1, 1000),
+    "line_search_shrink": (1e-6, 1), "vf_lr": (1e-12, 10), "vf_epochs": (1, 1000),
+    "vf_minibatches": (1, 2**20), "init_log_std": (-20, 20), "entropy_coef": (0, 100),
+    "seed": (0, 2**31 - 3)}
 
 
 def make_config(env_name: str = "CartPole-v1", **overrides: Any) -> Config:
@@ -107,12 +125,7 @@ def make_config(env_name: str = "CartPole-v1", **overrides: Any) -> Config:
 
 
 def validate_config(config: Config) -> None:
-    """Raise ValueError, with a one-line message, for a config that cannot run. Fields traced by
-    a sweep are skipped."""
-    import gymnax
-    if config.env_name not in gymnax.registered_envs:
-        raise ValueError(f"unknown env {config.env_name!r}; valid: "
-                         f"{', '.join(gymnax.registered_envs)}")
+    """ValueError with a one-line message for a config that cannot run (traced fields pass)."""
     for field in dataclasses.fields(Config)[1:]:
         value, kind = getattr(config, field.name), type(field.default)
         if isinstance(value, jax.core.Tracer):
@@ -121,20 +134,19 @@ def validate_config(config: Config) -> None:
         if not (type(value) is bool if kind is bool else kind is tuple or number):
             raise ValueError(f"{field.name} must be of type {kind.__name__}, got {value!r}")
         low, high = RANGES.get(field.name, (-math.inf, math.inf))
-        if kind is float and not (abs(value) < 3.4e38 and low <= value <= high) or (  # float32
-                kind is int and not low <= value < high):
-            raise ValueError(f"{field.name} must be in [{low}, {high}] and finite in float32, "
-                             f"got {value}")
+        if number and not low <= value <= high:
+            raise ValueError(f"{field.name} must be in [{low}, {high}], got {value}")
     sizes = config.hidden_sizes
-    if not sizes or not all(type(h) is int and 0 < h <= 65536 for h in sizes):
-        raise ValueError(f"hidden_sizes must be integers in [1, 65536], got {sizes}")
+    if not 0 < len(sizes) <= 16 or not all(type(h) is int and 0 < h <= 8192 for h in sizes):
+        raise ValueError(f"hidden_sizes must be 1 to 16 integers in [1, 8192], got {sizes}")
     batch = config.num_envs * config.num_steps
-    if batch % config.vf_minibatches or config.total_timesteps < batch:
-        raise ValueError(f"vf_minibatches={config.vf_minibatches} must divide and total_timesteps="
-                         f"{config.total_timesteps} must be at least num_envs*num_steps={batch}")
+    if batch % config.vf_minibatches or config.total_timesteps < batch or batch > 2**24:
+        raise ValueError(f"vf_minibatches={config.vf_minibatches} must divide num_envs*num_steps="
+                         f"{batch}, which must be at most total_timesteps and 2**24")
 
 
-# ----------------------------------------------------------------------------- 2. Distributions
+# ============================== copyable core: first line ==============================
+# Distributions, advantages and the trust-region step. Needs only jax, chex and the imports above.
 class Categorical(NamedTuple):
     logits: jax.Array  # [..., num_actions]
 
@@ -177,8 +189,7 @@ def entropy(dist: Distribution) -> jax.Array:
 
 
 def kl_divergence(p: Distribution, q: Distribution) -> jax.Array:
-    """Analytic KL(p || q) >= 0.
-    Categorical: sum_a p_a (log p_a - log q_a).
+    """Analytic KL(p || q) >= 0. Categorical: sum_a p_a (log p_a - log q_a).
     Gaussian: sum_i log(s_q/s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2."""
     if isinstance(p, Categorical):
         log_p, log_q = jax.nn.log_softmax(p.logits), jax.nn.log_softmax(q.logits)
@@ -188,189 +199,6 @@ def kl_divergence(p: Distribution, q: Distribution) -> jax.Array:
     return jnp.sum(0.5 * (var_ratio + mean_term - 1) - (p.log_std - q.log_std), -1)
 
 
-# ----------------------------------------------------------------------------- 3. Networks
-def torso(x: jax.Array, hidden_sizes: tuple[int, ...]) -> jax.Array:
-    for size in hidden_sizes:
-        x = nn.tanh(nn.Dense(size, kernel_init=nn.initializers.orthogonal(math.sqrt(2)))(x))
-    return x
-
-
-class PolicyNetwork(nn.Module):
-    """pi_theta(a|s): an MLP to logits, or to a Gaussian mean with a state-independent log_std."""
-    action_dim: int
-    discrete: bool
-    hidden_sizes: tuple[int, ...]
-    init_log_std: float = 0.0
-
-    @nn.compact
-    def __call__(self, obs: jax.Array) -> Distribution:
-        out = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01))(
-            torso(obs, self.hidden_sizes))
-        if self.discrete:
-            return Categorical(out)
-        log_std = self.param("log_std", nn.initializers.constant(self.init_log_std),
-                             (self.action_dim,))
-        return DiagGaussian(out, jnp.broadcast_to(log_std, out.shape))
-
-
-class ValueNetwork(nn.Module):
-    """V_phi(s): a separate MLP, so critic updates never touch the policy."""
-    hidden_sizes: tuple[int, ...]
-
-    @nn.compact
-    def __call__(self, obs: jax.Array) -> jax.Array:
-        # A zero output layer starts V at 0: with all-zero rewards the advantages stay exactly 0.
-        out = nn.Dense(1, kernel_init=nn.initializers.zeros)(torso(obs, self.hidden_sizes))
-        return out[..., 0]
-
-
-# ----------------------------------------------------------------------------- 4. Rollout
-class Agent(NamedTuple):
-    """The static parts of a run: env, networks, and the action mapping."""
-    env: Any
-    env_params: Any
-    policy: PolicyNetwork
-    value: ValueNetwork
-    obs_dim: int
-    action_low: jax.Array | None  # Box envs only
-    action_high: jax.Array | None
-    env_mesh: Any = None  # a 1-D jax.sharding.Mesh splitting the env batch, or None
-
-
-def make_agent(config: Config) -> Agent:
-    import gymnax  # (here, not at the top: importing gymnax starts JAX, see init_distributed)
-    from gymnax.environments import spaces
-    validate_config(config)
-    try:  # eagerly, even under a trace: FourRooms and MetaMaze build their mazes with jnp
-        with jax.ensure_compile_time_eval():
-            env, env_params = gymnax.make(config.env_name)
-    except Exception as error:  # e.g. MNISTBandit-bsuite downloads MNIST when made
-        raise ValueError(f"gymnax could not make {config.env_name}: "
-                         f"{type(error).__name__}: {error}") from None
-    space = env.action_space(env_params)
-    obs_dim = max(1, math.prod(env.observation_space(env_params).shape))
-    sizes = tuple(config.hidden_sizes)
-    if isinstance(space, spaces.Discrete):
-        policy, low, high = PolicyNetwork(int(space.n), True, sizes), None, None
-    elif isinstance(space, spaces.Box):
-        dim = max(1, math.prod(space.shape))
-        policy = PolicyNetwork(dim, False, sizes, config.init_log_std)
-        low, high = (jnp.broadcast_to(jnp.asarray(b, jnp.float32).reshape(-1), (dim,))
-                     for b in (space.low, space.high))
-    else:
-        raise ValueError(f"unsupported action space {type(space).__name__} in {config.env_name}")
-    return Agent(env, env_params, policy, ValueNetwork(sizes), obs_dim, low, high)
-
-
-def env_actions(agent: Agent, action: jax.Array) -> jax.Array:
-    """Gaussian actions live in [-1, 1] (clipped) and are rescaled to the env's [low, high]."""
-    if agent.action_low is None:
-        return action
-    shape = agent.env.action_space(agent.env_params).shape
-    unit = jnp.clip(action, -1.0, 1.0)
-    scaled = agent.action_low + 0.5 * (unit + 1.0) * (agent.action_high - agent.action_low)
-    return scaled.reshape(action.shape[:1] + shape)
-
-
-def shard_envs(agent: Agent, tree: Any, axis: int = 0) -> Any:
-    """Split the env axis of every leaf over agent.env_mesh; XLA then turns batch means into
-    all-reduces. A no-op without a mesh."""
-    if agent.env_mesh is None:
-        return tree
-    sharding = NamedSharding(agent.env_mesh, PartitionSpec(*([None] * axis), "envs"))
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
-
-
-class RunningStats(NamedTuple):
-    mean: jax.Array
-    var: jax.Array
-    count: jax.Array
-
-
-def update_running_stats(stats: RunningStats, batch: jax.Array) -> RunningStats:
-    """Merge a batch [B, D] into running mean/variance (Chan et al. parallel update)."""
-    n = batch.shape[0]
-    batch_mean, batch_var = batch.mean(0), batch.var(0)
-    delta, total = batch_mean - stats.mean, stats.count + n
-    mean = stats.mean + delta * n / total
-    m2 = stats.var * stats.count + batch_var * n + delta**2 * stats.count * n / total
-    return RunningStats(mean, m2 / total, total)
-
-
-def normalize(obs: jax.Array, stats: RunningStats, enabled: bool) -> jax.Array:
-    if not enabled:
-        return obs
-    return jnp.clip((obs - stats.mean) / jnp.sqrt(stats.var + 1e-8), -10.0, 10.0)
-
-
-class Transition(NamedTuple):
-    """Time-major rollout data, each leaf [T, N, ...]."""
-    obs: jax.Array  # flattened raw observation s_t
-    action: jax.Array
-    reward: jax.Array
-    terminated: jax.Array  # true terminal: no bootstrap
-    truncated: jax.Array  # time limit: bootstrap from V(final observation)
-    log_prob: jax.Array  # log pi_old(a_t|s_t)
-    value: jax.Array  # V(s_t)
-    next_value: jax.Array  # V(s'_t), s'_t = info["final_observation"] (pre-reset)
-    finished_return: jax.Array  # return of the episode that ended at t, else 0
-    finished_length: jax.Array
-    discounted_return: jax.Array  # running sum_k gamma^k r_{t-k} in the episode (reward scaling)
-
-
-class EnvRunner(NamedTuple):
-    env_state: Any
-    obs: jax.Array  # [N, obs_dim]
-    episode_return: jax.Array  # running, per env
-    episode_length: jax.Array
-    discounted_return: jax.Array
-
-
-def flat_obs(obs: jax.Array, num_envs: int) -> jax.Array:
-    return jnp.reshape(obs, (num_envs, -1)).astype(jnp.float32)
-
-
-def step_envs(agent: Agent, env_state: Any, action: jax.Array, key: jax.Array) -> tuple:
-    """vmap(env.step) over a batch: (obs [N, D], state, reward, terminated, truncated, info)."""
-    n = action.shape[0]
-    obs, env_state, reward, terminated, truncated, info = jax.vmap(
-        agent.env.step, in_axes=(0, 0, 0, None))(jax.random.split(key, n), env_state,
-                                                 env_actions(agent, action), agent.env_params)
-    flat = lambda x: jnp.reshape(x, (n,))
-    return (flat_obs(obs, n), env_state, flat(reward).astype(jnp.float32), flat(terminated),
-            flat(truncated), info)
-
-
-def rollout(agent: Agent, policy_params: Any, value_params: Any, runner: EnvRunner,
-            obs_stats: RunningStats, key: jax.Array,
-            config: Config) -> tuple[EnvRunner, Transition]:
-    """Run pi_old for T steps in N envs: lax.scan over time of vmap(env.step), with auto-reset."""
-    norm = lambda o: normalize(o, obs_stats, config.normalize_observations)
-
-    def step(runner: EnvRunner, step_key: jax.Array):
-        act_key, env_key = jax.random.split(step_key)
-        dist = agent.policy.apply(policy_params, norm(runner.obs))
-        action = sample(dist, act_key)
-        obs, env_state, reward, terminated, truncated, info = step_envs(
-            agent, runner.env_state, action, env_key)
-        done = terminated | truncated
-        ep_return, ep_length = runner.episode_return + reward, runner.episode_length + 1
-        discounted = runner.discounted_return * config.gamma + reward
-        final_obs = flat_obs(info["final_observation"], config.num_envs)
-        out = (runner.obs, action, reward, terminated, truncated, log_prob(dist, action), final_obs,
-               jnp.where(done, ep_return, 0.0), jnp.where(done, ep_length, 0), discounted)
-        reset = lambda x: jnp.where(done, 0, x).astype(x.dtype)
-        runner = EnvRunner(env_state, obs, reset(ep_return), reset(ep_length), reset(discounted))
-        return shard_envs(agent, runner), out
-
-    runner, (obs, action, reward, term, trunc, logp, final_obs, ret, length, disc) = jax.lax.scan(
-        step, runner, jax.random.split(key, config.num_steps))
-    value_fn = lambda o: agent.value.apply(value_params, norm(o))
-    return runner, Transition(obs, action, reward, term, trunc, logp, value_fn(obs),
-                              value_fn(final_obs), ret, length, disc)
-
-
-# ----------------------------------------------------------------------------- 5. Advantages
 def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminated: jax.Array,
         truncated: jax.Array, gamma: float, gae_lambda: float) -> tuple[jax.Array, jax.Array]:
     """Generalized advantage estimation (GAE eq. 16) on time-major [T, N] arrays.
@@ -392,7 +220,6 @@ def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminate
     return advantages, advantages + values
 
 
-# ----------------------------------------------------------------------------- 6. Trust-region step
 class PolicyBatch(NamedTuple):
     obs: jax.Array  # [B, obs_dim], as the policy sees them
     action: jax.Array
@@ -529,9 +356,207 @@ def trpo_step(policy_apply: Callable, params: Any, batch: PolicyBatch,
     theta_new, ls_info = line_search(surrogate_fn, kl_fn, theta_old, full_step, hp.max_kl,
                                      hp.line_search_shrink, hp.line_search_steps)
     return unravel(theta_new), TRPOInfo(cg_info, ls_info, jnp.mean(entropy(old_dist)))
+# ============================== copyable core: last line ==============================
 
 
-# ----------------------------------------------------------------------------- 7. Critic
+# ----------------------------------------------------------------------------- 3. Networks
+def torso(x: jax.Array, hidden_sizes: tuple[int, ...]) -> jax.Array:
+    for size in hidden_sizes:
+        x = nn.tanh(nn.Dense(size, kernel_init=nn.initializers.orthogonal(math.sqrt(2)))(x))
+    return x
+
+
+class PolicyNetwork(nn.Module):
+    """pi_theta(a|s): an MLP to logits, or to a Gaussian mean with a state-independent log_std."""
+    action_dim: int
+    discrete: bool
+    hidden_sizes: tuple[int, ...]
+    init_log_std: float = 0.0
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> Distribution:
+        out = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01))(
+            torso(obs, self.hidden_sizes))
+        if self.discrete:
+            return Categorical(out)
+        log_std = self.param("log_std", nn.initializers.constant(self.init_log_std),
+                             (self.action_dim,))
+        return DiagGaussian(out, jnp.broadcast_to(log_std, out.shape))
+
+
+class ValueNetwork(nn.Module):
+    """V_phi(s): a separate MLP, so critic updates never touch the policy."""
+    hidden_sizes: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        # A zero output layer starts V at 0: with all-zero rewards the advantages stay exactly 0.
+        out = nn.Dense(1, kernel_init=nn.initializers.zeros)(torso(obs, self.hidden_sizes))
+        return out[..., 0]
+
+
+# ----------------------------------------------------------------------------- 4. Rollout
+class Agent(NamedTuple):
+    """The static parts of a run: env, networks, and the action mapping."""
+    env: Any
+    env_params: Any
+    policy: PolicyNetwork
+    value: ValueNetwork
+    obs_dim: int
+    action_low: jax.Array | None  # Box envs only
+    action_high: jax.Array | None
+    env_mesh: Any = None  # a 1-D jax.sharding.Mesh splitting the env batch, or None
+
+
+def make_agent(config: Config, env: Any = None, env_params: Any = None,
+               devices: int = 1) -> Agent:
+    """The env is gymnax.make(config.env_name), or any object with gymnax's interface.
+    devices > 1 splits the env batch over that many devices (SPMD through a 1-D mesh)."""
+    from gymnax.environments import spaces
+    if env is None:
+        if config.env_name not in gymnax.registered_envs:
+            raise ValueError(f"unknown env {config.env_name!r}; valid: "
+                             f"{', '.join(gymnax.registered_envs)}")
+        try:  # eagerly, even under a trace: FourRooms and MetaMaze build their mazes with jnp
+            with jax.ensure_compile_time_eval():
+                env, env_params = gymnax.make(config.env_name)
+        except Exception as error:  # e.g. MNISTBandit-bsuite downloads MNIST when made
+            raise ValueError(f"gymnax could not make {config.env_name}: "
+                             f"{type(error).__name__}: {error}") from None
+    missing = [name for name in ("reset", "step", "action_space", "observation_space")
+               if not callable(getattr(env, name, None))]
+    if missing:
+        raise ValueError(f"the env lacks gymnax's {', '.join(missing)}")
+    space, sizes = env.action_space(env_params), tuple(config.hidden_sizes)
+    obs_dim = max(1, math.prod(env.observation_space(env_params).shape))
+    if isinstance(space, spaces.Discrete):
+        policy, low, high = PolicyNetwork(int(space.n), True, sizes), None, None
+    elif isinstance(space, spaces.Box):
+        dim = max(1, math.prod(space.shape))
+        policy = PolicyNetwork(dim, False, sizes, config.init_log_std)
+        low, high = (jnp.broadcast_to(jnp.asarray(b, jnp.float32).reshape(-1), (dim,))
+                     for b in (space.low, space.high))
+    else:
+        raise ValueError(f"unsupported action space {type(space).__name__} in {config.env_name}")
+    mesh = None
+    if devices != 1:
+        if not 0 < devices <= jax.device_count() or config.num_envs % devices:
+            raise ValueError(f"devices={devices} must divide num_envs={config.num_envs} and be "
+                             f"at most the {jax.device_count()} available")
+        mesh = jax.make_mesh((devices,), ("envs",), devices=jax.devices()[:devices],
+                             axis_types=(jax.sharding.AxisType.Auto,))
+    return Agent(env, env_params, policy, ValueNetwork(sizes), obs_dim, low, high, mesh)
+
+
+def env_actions(agent: Agent, action: jax.Array) -> jax.Array:
+    """Gaussian actions are clipped to [-1, 1] and rescaled to the env's [low, high]."""
+    if agent.action_low is None:
+        return action
+    shape = agent.env.action_space(agent.env_params).shape
+    unit = jnp.clip(action, -1.0, 1.0)
+    scaled = agent.action_low + 0.5 * (unit + 1.0) * (agent.action_high - agent.action_low)
+    return scaled.reshape(action.shape[:1] + shape)
+
+
+def shard_envs(agent: Agent, tree: Any) -> Any:
+    """Split the env axis of every leaf over agent.env_mesh (XLA then turns batch means into
+    all-reduces). A no-op without a mesh."""
+    if agent.env_mesh is None:
+        return tree
+    sharding = NamedSharding(agent.env_mesh, PartitionSpec("envs"))
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+class RunningStats(NamedTuple):
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+
+def update_running_stats(stats: RunningStats, batch: jax.Array) -> RunningStats:
+    """Merge a batch [B, D] into running mean/variance (Chan et al. parallel update)."""
+    n = batch.shape[0]
+    batch_mean, batch_var = batch.mean(0), batch.var(0)
+    delta, total = batch_mean - stats.mean, stats.count + n
+    mean = stats.mean + delta * n / total
+    m2 = stats.var * stats.count + batch_var * n + delta**2 * stats.count * n / total
+    return RunningStats(mean, m2 / total, total)
+
+
+def normalize(obs: jax.Array, stats: RunningStats, enabled: bool) -> jax.Array:
+    if not enabled:
+        return obs
+    return jnp.clip((obs - stats.mean) / jnp.sqrt(stats.var + 1e-8), -10.0, 10.0)
+
+
+class Transition(NamedTuple):
+    """Time-major rollout data, each leaf [T, N, ...]."""
+    obs: jax.Array  # flattened raw observation s_t
+    action: jax.Array
+    reward: jax.Array
+    terminated: jax.Array  # true terminal: no bootstrap
+    truncated: jax.Array  # time limit: bootstrap from V(final observation)
+    log_prob: jax.Array  # log pi_old(a_t|s_t)
+    value: jax.Array  # V(s_t)
+    next_value: jax.Array  # V(s'_t), s'_t = info["final_observation"] (pre-reset)
+    finished_return: jax.Array  # return of the episode that ended at t, else 0
+    finished_length: jax.Array
+    discounted_return: jax.Array  # running sum_k gamma^k r_{t-k} in the episode (reward scaling)
+
+
+class EnvRunner(NamedTuple):
+    env_state: Any
+    obs: jax.Array  # [N, obs_dim]
+    episode_return: jax.Array  # running, per env
+    episode_length: jax.Array
+    discounted_return: jax.Array
+
+
+def flat_obs(obs: jax.Array, num_envs: int) -> jax.Array:
+    return jnp.reshape(obs, (num_envs, -1)).astype(jnp.float32)
+
+
+def step_envs(agent: Agent, env_state: Any, action: jax.Array, key: jax.Array) -> tuple:
+    """vmap(env.step) over a batch: (obs [N, D], state, reward, terminated, truncated, info)."""
+    n = action.shape[0]
+    obs, env_state, reward, terminated, truncated, info = jax.vmap(
+        agent.env.step, in_axes=(0, 0, 0, None))(jax.random.split(key, n), env_state,
+                                                 env_actions(agent, action), agent.env_params)
+    flat = lambda x: jnp.reshape(x, (n,))
+    return (flat_obs(obs, n), env_state, flat(reward).astype(jnp.float32),
+            flat(terminated).astype(bool), flat(truncated).astype(bool), info)
+
+
+def rollout(agent: Agent, policy_params: Any, value_params: Any, runner: EnvRunner,
+            obs_stats: RunningStats, key: jax.Array,
+            config: Config) -> tuple[EnvRunner, Transition]:
+    """Run pi_old for T steps in N envs: lax.scan over time of vmap(env.step), with auto-reset."""
+    norm = lambda o: normalize(o, obs_stats, config.normalize_observations)
+
+    def step(runner: EnvRunner, step_key: jax.Array):
+        act_key, env_key = jax.random.split(step_key)
+        dist = agent.policy.apply(policy_params, norm(runner.obs))
+        action = sample(dist, act_key)
+        obs, env_state, reward, terminated, truncated, info = step_envs(
+            agent, runner.env_state, action, env_key)
+        done = terminated | truncated
+        ep_return, ep_length = runner.episode_return + reward, runner.episode_length + 1
+        discounted = runner.discounted_return * config.gamma + reward
+        final_obs = flat_obs(info["final_observation"], config.num_envs)
+        out = (runner.obs, action, reward, terminated, truncated, log_prob(dist, action), final_obs,
+               jnp.where(done, ep_return, 0.0), jnp.where(done, ep_length, 0), discounted)
+        reset = lambda x: jnp.where(done, 0, x).astype(x.dtype)
+        runner = EnvRunner(env_state, obs, reset(ep_return), reset(ep_length), reset(discounted))
+        return shard_envs(agent, runner), out
+
+    runner, (obs, action, reward, term, trunc, logp, final_obs, ret, length, disc) = jax.lax.scan(
+        step, runner, jax.random.split(key, config.num_steps))
+    value_fn = lambda o: agent.value.apply(value_params, norm(o))
+    return runner, Transition(obs, action, reward, term, trunc, logp, value_fn(obs),
+                              value_fn(final_obs), ret, length, disc)
+
+
+# ----------------------------------------------------------------------------- 5. Critic
 class CriticState(NamedTuple):
     params: Any
     opt_state: Any
@@ -539,14 +564,15 @@ class CriticState(NamedTuple):
 
 def value_loss(value_apply: Callable, params: Any, obs: jax.Array,
                targets: jax.Array) -> jax.Array:
-    """L_V(phi) = mean_t (V_phi(s_t) - V_t^target)^2   (GAE Sec. 5)."""
+    """L_V(phi) = mean_t (V_phi(s_t) - V_t^target)^2, V^target = A^GAE + V_old (lambda-returns)."""
     return jnp.mean((value_apply(params, obs) - targets) ** 2)
 
 
 def update_critic(value_apply: Callable, critic: CriticState, obs: jax.Array, targets: jax.Array,
                   key: jax.Array, config: Config) -> tuple[CriticState, jax.Array]:
-    """Adam regression of V on the GAE targets: vf_epochs passes of vf_minibatches minibatches.
-    Returns the new critic and the mean minibatch loss of the last pass."""
+    """Adam regression of V on the targets: vf_epochs passes of vf_minibatches minibatches.
+    (GAE Sec. 5 fits V by a trust-region step instead.) Returns the critic and the last pass's
+    mean minibatch loss."""
     chex.assert_rank(targets, 1)
     optimizer = optax.adam(config.vf_lr)
 
@@ -564,7 +590,7 @@ def update_critic(value_apply: Callable, critic: CriticState, obs: jax.Array, ta
     return critic, losses[-1].mean()
 
 
-# ----------------------------------------------------------------------------- 8. Training
+# ----------------------------------------------------------------------------- 6. Training
 class TrainState(NamedTuple):
     policy_params: Any
     critic: CriticState
@@ -573,13 +599,13 @@ class TrainState(NamedTuple):
     return_stats: RunningStats  # of the discounted return, for reward scaling
     key: jax.Array
     env_steps: jax.Array
-    last_return: jax.Array  # last known mean episode return, carried when no episode ends
+    last_return: jax.Array  # last known mean episode return (NaN before the first episode ends)
     last_length: jax.Array
 
 
 class Metrics(NamedTuple):
     env_steps: jax.Array
-    episode_return: jax.Array  # mean over episodes finished in this batch (last value if none)
+    episode_return: jax.Array  # mean over episodes ended in this batch, else the last; NaN: none
     episode_length: jax.Array
     episodes_finished: jax.Array
     kl: jax.Array  # KL-bar(theta_old, theta_new)
@@ -600,10 +626,6 @@ def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.where(var > 0, 1.0 - jnp.var(targets - predictions) / safe, 0.0)
 
 
-def trpo_hyperparams(config: Config) -> TRPOHyperparams:
-    return TRPOHyperparams(*(getattr(config, name) for name in TRPOHyperparams._fields))
-
-
 def init_train_state(agent: Agent, config: Config, key: jax.Array) -> TrainState:
     policy_key, value_key, reset_key, key = jax.random.split(key, 4)
     obs, env_state = jax.vmap(agent.env.reset, in_axes=(0, None))(
@@ -616,13 +638,13 @@ def init_train_state(agent: Agent, config: Config, key: jax.Array) -> TrainState
     runner = shard_envs(agent, EnvRunner(env_state, obs, zeros, zeros.astype(jnp.int32), zeros))
     return TrainState(agent.policy.init(policy_key, obs), critic, runner,
                       update_running_stats(unit(agent.obs_dim), obs), unit(1), key, jnp.array(0),
-                      jnp.array(0.0), jnp.array(0.0))
+                      jnp.array(jnp.nan), jnp.array(jnp.nan))
 
 
 def update_step(agent: Agent, config: Config, state: TrainState) -> tuple[TrainState, Metrics]:
-    """One TRPO iteration (paper Algorithm 1): rollout -> GAE -> trust-region policy step ->
-    critic regression. Observations and rewards are scaled with the statistics frozen before
-    the rollout; the statistics are updated afterwards."""
+    """One iteration of GAE's Algorithm 1: rollout -> advantages -> TRPO policy step -> critic
+    regression. Observations and rewards are scaled with the statistics frozen before the
+    rollout; the statistics are updated afterwards."""
     key, rollout_key, critic_key = jax.random.split(state.key, 3)
     runner, tr = rollout(agent, state.policy_params, state.critic.params, state.runner,
                          state.obs_stats, rollout_key, config)
@@ -638,7 +660,7 @@ def update_step(agent: Agent, config: Config, state: TrainState) -> tuple[TrainS
     if config.normalize_advantages:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     batch = PolicyBatch(obs, flat(tr.action), adv, flat(tr.log_prob))
-    hp = trpo_hyperparams(config)
+    hp = TRPOHyperparams(*(getattr(config, name) for name in TRPOHyperparams._fields))
     if config.anneal_max_kl:
         hp = hp._replace(max_kl=hp.max_kl * (1.0 - state.env_steps / config.total_timesteps))
     policy_params, info = trpo_step(agent.policy.apply, state.policy_params, batch, hp)
@@ -665,82 +687,37 @@ def num_updates(config: Config) -> int:
     return config.total_timesteps // (config.num_envs * config.num_steps)
 
 
-def make_agent_on_devices(config: Config, devices: int) -> Agent:
-    """devices > 1 splits the num_envs environments over that many devices (SPMD data
-    parallelism through a 1-D Mesh)."""
-    agent = make_agent(config)
-    if devices == 1:
-        return agent
-    if not 0 < devices <= jax.device_count() or config.num_envs % devices:
-        raise ValueError(f"devices={devices} must divide num_envs={config.num_envs} "
-                         f"and be at most the {jax.device_count()} available")
-    mesh = jax.make_mesh((devices,), ("envs",), devices=jax.devices()[:devices],
-                         axis_types=(jax.sharding.AxisType.Auto,))
-    return agent._replace(env_mesh=mesh)
+def make_train(config: Config, env: Any = None, env_params: Any = None,
+               devices: int = 1) -> Callable:
+    """Returns train(key) -> (final TrainState, Metrics with a leading [num_updates] axis): one
+    lax.scan over update_step, so jax.jit(train) compiles once and jax.jit(jax.vmap(train))(keys)
+    trains many seeds. env: any gymnax-style env (default: gymnax.make(config.env_name))."""
+    agent = make_agent(config, env, env_params, devices)
 
-
-def make_train_parts(config: Config, progress: Callable | None = None,
-                     devices: int = 1) -> tuple[Callable, Callable]:
-    """make_train split at its update loop: init(key) -> (TrainState, Metrics buffer with a
-    leading [num_updates] axis), and run(state, metrics, start, stop) -> both after updates
-    start .. stop - 1. A host can run the updates in chunks (and stop, save and resume between
-    them); the numbers do not depend on where the chunks end. progress(update_index, metrics),
-    if given, is called from inside the jit through jax.debug.callback every ~2% of updates."""
-    agent = make_agent_on_devices(config, devices)
-    updates = num_updates(config)
-    report_every = max(1, math.ceil(updates / 50))
-
-    def init(key: jax.Array) -> tuple[TrainState, Metrics]:
-        state = init_train_state(agent, config, key)
-        shapes = jax.eval_shape(lambda s: update_step(agent, config, s)[1], state)
-        return state, jax.tree.map(lambda x: jnp.zeros((updates, *x.shape), x.dtype), shapes)
-
-    def body(carry: tuple[jax.Array, TrainState, Metrics]):
-        index, state, buffer = carry
-        state, metrics = update_step(agent, config, state)
-        if progress is not None:
-            report = (index % report_every == 0) | (index == updates - 1)
-            jax.lax.cond(report, lambda i, m: jax.debug.callback(progress, i, m),
-                         lambda i, m: None, index, metrics)
-        buffer = jax.tree.map(lambda b, m: b.at[index].set(m), buffer, metrics)
-        return index + 1, state, buffer
-
-    def run(state: TrainState, metrics: Metrics, start: jax.Array, stop: jax.Array):
-        _, state, metrics = jax.lax.while_loop(lambda c: c[0] < stop, body,
-                                               (jnp.asarray(start), state, metrics))
-        return state, metrics
-
-    return init, run
-
-
-def make_train(config: Config, progress: Callable | None = None, devices: int = 1) -> Callable:
-    """Returns train(key) -> (final TrainState, Metrics with a leading [num_updates] axis).
-    The whole run is one loop inside one function, so jax.jit(train) compiles once and
-    jax.jit(jax.vmap(train))(keys) trains many seeds."""
-    init, run = make_train_parts(config, progress, devices)
-    return lambda key: run(*init(key), 0, num_updates(config))
+    def train(key: jax.Array) -> tuple[TrainState, Metrics]:
+        return jax.lax.scan(lambda state, _: update_step(agent, config, state),
+                            init_train_state(agent, config, key), length=num_updates(config))
+    return train
 
 
 SWEEPABLE = ("gamma", "gae_lambda", "max_kl", "cg_damping", "line_search_shrink", "vf_lr",
              "init_log_std", "entropy_coef")
 
 
-def make_sweep_train(config: Config, field: str, progress: Callable | None = None,
-                     devices: int = 1) -> Callable:
+def make_sweep_train(config: Config, field: str, devices: int = 1) -> Callable:
     """Returns train(value, key): make_train with config.<field> = value as a traced float, so
     jax.vmap over values runs a whole hyperparameter sweep as one jitted program."""
     if field not in SWEEPABLE:
         raise ValueError(f"cannot sweep {field!r}; sweepable fields: {', '.join(SWEEPABLE)}")
-    return lambda value, key: make_train(dataclasses.replace(config, **{field: value}), progress,
-                                         devices)(key)
+    return lambda value, key: make_train(dataclasses.replace(config, **{field: value}),
+                                         devices=devices)(key)
 
 
-# ----------------------------------------------------------------------------- 9. Evaluation
-def deterministic_episodes(config: Config, policy_params: Any, obs_stats: RunningStats,
-                           key: jax.Array, num_episodes: int) -> tuple[Any, jax.Array, jax.Array]:
+# ----------------------------------------------------------------------------- 7. Evaluation
+def deterministic_episodes(agent: Agent, config: Config, policy_params: Any,
+                           obs_stats: RunningStats, key: jax.Array, num_episodes: int) -> tuple:
     """num_episodes episodes in parallel with the mode of pi (argmax / mean action), for the env's
     step limit. Returns env states, rewards and an alive mask, each [max_steps, num_episodes]."""
-    agent = make_agent(config)
     max_steps = int(getattr(agent.env_params, "max_steps_in_episode", 1000))
     reset_key, step_key = jax.random.split(key)
     obs, env_state = jax.vmap(agent.env.reset, in_axes=(0, None))(
@@ -758,20 +735,21 @@ def deterministic_episodes(config: Config, policy_params: Any, obs_stats: Runnin
     return states, rewards, alive
 
 
-def evaluate(config: Config, policy_params: Any, obs_stats: RunningStats, key: jax.Array,
-             num_episodes: int = 10) -> jax.Array:
+def evaluate(agent: Agent, config: Config, policy_params: Any, obs_stats: RunningStats,
+             key: jax.Array, num_episodes: int = 10) -> jax.Array:
     """Returns of num_episodes deterministic episodes, run in parallel."""
-    _, rewards, alive = deterministic_episodes(config, policy_params, obs_stats, key, num_episodes)
+    _, rewards, alive = deterministic_episodes(agent, config, policy_params, obs_stats, key,
+                                               num_episodes)
     return jnp.sum(rewards * alive, 0)
 
 
-def evaluate_seeds(config: Config, policy_params: Any, obs_stats: RunningStats,
+def evaluate_seeds(agent: Agent, config: Config, policy_params: Any, obs_stats: RunningStats,
                    num_episodes: int) -> np.ndarray:
     """Per-seed mean of num_episodes deterministic episodes; inputs have a leading seed axis."""
-    num_seeds = jax.tree.leaves(policy_params)[0].shape[0]
-    keys = jax.random.split(jax.random.PRNGKey(config.seed + 1), num_seeds)
-    run = jax.jit(jax.vmap(lambda p, s, k: evaluate(config, p, s, k, num_episodes)))
-    return np.asarray(run(policy_params, obs_stats, keys)).mean(1)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed + 1),
+                            jax.tree.leaves(policy_params)[0].shape[0])
+    run = jax.vmap(lambda p, s, k: evaluate(agent, config, p, s, k, num_episodes))
+    return np.asarray(jax.jit(run)(policy_params, obs_stats, keys)).mean(1)
 
 
 # Per-env "solved" lines of the per-seed summary (the held-out goals in bench/RESULTS.md).
@@ -780,8 +758,7 @@ SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -120.0, "MountainCar-v0": -130.0,
 
 
 def interquartile_mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Mean of the middle 50% of x along axis (25% cut from each end, as
-    scipy.stats.trim_mean(x, 0.25, axis))."""
+    """Mean of the middle 50% of x along axis (as scipy.stats.trim_mean(x, 0.25, axis))."""
     x = np.sort(np.asarray(x, np.float64), axis)
     cut = int(0.25 * x.shape[axis])
     return np.take(x, np.arange(cut, x.shape[axis] - cut), axis).mean(axis)
@@ -806,7 +783,362 @@ def format_summary(s: dict[str, Any]) -> str:
             f"mean {s['mean']:.1f}, worst seed {s['worst']:.1f}{below}")
 
 
-# ----------------------------------------------------------------------------- 10. Command line
+# ----------------------------------------------------------------------------- 8. Command line
+DRAWABLE = ("Acrobot-v1", "CartPole-v1", "Pendulum-v1", "MountainCar-v0",
+            "MountainCarContinuous-v0", "Catch-bsuite", "Asterix-MinAtar", "Breakout-MinAtar",
+            "Freeway-MinAtar", "Seaquest-MinAtar", "SpaceInvaders-MinAtar", "Pong-misc",
+            "PointRobot-misc", "MetaMaze-misc", "FourRooms-misc")  # gymnax's Visualizer
+OUTPUTS = {"save": "", "metrics": (".json", ".csv"), "plot": ".png", "render": ".gif"}
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    if not all(s.strip().isdigit() for s in text.split(",")):
+        raise argparse.ArgumentTypeError(f"expected integers like 64,64, got {text!r}")
+    return tuple(int(s) for s in text.split(","))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A flag for every Config field, its help the field's comment, and the run's options."""
+    import inspect
+    import re
+    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(Config), re.M))
+    parser = argparse.ArgumentParser(
+        prog="trpo.py", exit_on_error=False, allow_abbrev=False,
+        description=f"TRPO + GAE on gymnax. Presets override the defaults for {len(PRESETS)} envs.")
+    add = parser.add_argument
+    add("--env", dest="env_name", help=f"gymnax env name (default: {Config.env_name})")
+    for field in dataclasses.fields(Config)[1:]:
+        kind, default = type(field.default), field.default
+        shown = ",".join(map(str, default)) if kind is tuple else default
+        add(f"--{field.name}", help=f"{comments[field.name]} (default: {shown})",
+            type={bool: parse_bool, int: int, float: float, tuple: parse_sizes}[kind])
+    add("--seeds", type=int, default=1, help="seeds trained at once by vmap (default: 1)")
+    add("--sweep", metavar="FIELD=v1,v2", help=f"vmap over values of one of {', '.join(SWEEPABLE)}")
+    add("--eval", type=int, default=0, metavar="N", help="N deterministic episodes per seed, then "
+        "the IQM, its bootstrap interval, the worst and failed seeds (--load: 10)")
+    add("--devices", type=int, default=1, help="split num_envs over N devices (default: 1)")
+    add("--save", metavar="PATH", help="save the trained policies and obs statistics (msgpack)")
+    add("--load", metavar="PATH", help="load a --save file to --eval or --render, not to train")
+    add("--metrics", metavar="PATH", help="per-update metrics and eval returns (.json or .csv)")
+    add("--plot", metavar="PATH.png", help="learning curves")
+    add("--render", metavar="PATH.gif", help="one deterministic episode of the first seed")
+    add("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config | None, argparse.Namespace]:
+    """Flags -> a validated Config (None with --load: the file's) and the run's options.
+    ValueError with a one-line message for anything that cannot run."""
+    try:
+        args, unknown = build_parser().parse_known_args(argv)
+    except (argparse.ArgumentError, argparse.ArgumentTypeError) as error:
+        raise ValueError(str(error)) from None
+    if unknown:
+        raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
+    explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+                if getattr(args, f.name) is not None}
+    for flag, low, high in (("seeds", 1, 4096), ("eval", 0, 10_000), ("devices", 1, 4096)):
+        if not low <= getattr(args, flag) <= high:
+            raise ValueError(f"--{flag} must be in [{low}, {high}], got {getattr(args, flag)}")
+    check_paths(args)
+    if args.load:
+        if explicit or args.sweep or args.seeds != 1 or args.save or args.metrics or args.plot:
+            raise ValueError("--load evaluates a saved policy with the file's settings (--eval, "
+                             "--render); Config flags, --seeds, --sweep, --save, --metrics and "
+                             "--plot are for training")
+        return None, args
+    config = make_config(**explicit)
+    field, _, text = (args.sweep or f"max_kl={config.max_kl!r}").partition("=")
+    if field in explicit and args.sweep:
+        raise ValueError(f"--{field} and --sweep {args.sweep} both set {field}; keep one")
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--sweep expects FIELD=v1,v2,..., got {args.sweep!r}") from None
+    make_sweep_train(config, field)  # checks the field
+    for value in values:
+        validate_config(dataclasses.replace(config, **{field: value}))
+    args.sweep = (field, values)
+    return config, args
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Every output can be written, and no two files are one."""
+    seen: dict[str, str] = {}
+    for flag in ("load", *OUTPUTS):
+        path = getattr(args, flag)
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ValueError(f"--{seen[real]} and --{flag} name the same file {path!r}")
+        seen[real], folder = flag, os.path.dirname(real)
+        if flag == "load":
+            continue
+        if path.endswith(os.sep) or os.path.isdir(path) or not path.endswith(OUTPUTS[flag]):
+            ends = " or ".join(OUTPUTS[flag]) if flag == "metrics" else OUTPUTS[flag]
+            raise ValueError(f"--{flag} {path!r}: expected a file path ending in {ends}")
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ValueError(f"--{flag} {path!r}: the folder {folder} is missing or not writable")
+
+
+def train_runs(config: Config, args: argparse.Namespace) -> tuple[TrainState, Metrics]:
+    """The [values, seeds] runs as update_step in a jitted scan of ~1/20 of the updates, called
+    from the host with a progress line between calls. No callback inside, so JAX's persistent
+    compile cache serves the program the next time."""
+    field, values = args.sweep
+    updates = num_updates(config)
+    length = -(-updates // 20)
+
+    def setup(value: jax.Array) -> tuple[Agent, Config]:
+        swept = dataclasses.replace(config, **{field: value})
+        return make_agent(swept, devices=args.devices), swept
+
+    def piece(value: jax.Array, state: TrainState, start: jax.Array):
+        agent, swept = setup(value)
+
+        def body(state: TrainState, index: jax.Array):  # updates past the last one change nothing
+            new, metrics = update_step(agent, swept, state)
+            return jax.tree.map(lambda a, b: jnp.where(index < updates, a, b), new, state), metrics
+        return jax.lax.scan(body, state, start + jnp.arange(length))
+
+    init = jax.jit(jax.vmap(jax.vmap(lambda v, k: init_train_state(*setup(v), k), (None, 0)),
+                            (0, None)))
+    vals = jnp.asarray(values, jnp.float32)
+    clock = time.perf_counter()
+    state = init(vals, jax.random.split(jax.random.PRNGKey(config.seed), args.seeds))
+    run = jax.jit(jax.vmap(jax.vmap(piece, (None, 0, None)), (0, 0, None))).lower(
+        vals, state, np.int32(0)).compile()
+    compile_s, clock, pieces = time.perf_counter() - clock, time.perf_counter(), []
+    for start in range(0, updates, length):
+        state, metrics = run(vals, state, np.int32(start))
+        pieces.append(jax.device_get(metrics))
+        if not args.quiet:
+            last = lambda name: np.asarray(getattr(pieces[-1], name))[:, :, -1].mean()
+            ended = min(start + length, updates)
+            steps = int(np.asarray(pieces[-1].env_steps)[0, 0, ended - start - 1])
+            returns = np.asarray(pieces[-1].episode_return)[:, :, ended - start - 1]
+            shown = f"{np.nanmean(returns):8.1f}" if np.isfinite(returns).any() else "       -"
+            print(f"update {ended:4d}/{updates}  steps {steps:9d}  return {shown}  kl "
+                  f"{last('kl'):.4f}  accepted {last('line_search_accepted'):.2f}  explained_var "
+                  f"{last('explained_variance'):.2f}", flush=True)
+    metrics = jax.tree.map(lambda *m: np.concatenate(m, 2)[:, :, :updates], *pieces)
+    rate = updates * vals.size * args.seeds * config.num_envs * config.num_steps / (
+        time.perf_counter() - clock)
+    print(f"compile {compile_s:.1f} s, run {time.perf_counter() - clock:.1f} s "
+          f"({rate:,.0f} steps/s)", flush=True)
+    return jax.device_get(state), metrics
+
+
+def write_file(path: str, write: Callable[[str], Any]) -> None:
+    """write(a temporary path), then rename it to path: readers see the old file or the new one."""
+    try:
+        write(temp_path(path))
+        os.replace(temp_path(path), path)
+    finally:
+        if os.path.exists(temp_path(path)):
+            os.remove(temp_path(path))
+
+
+def save_policy(path: str, config: Config, policy_params: Any, obs_stats: RunningStats) -> None:
+    """What evaluation needs, [runs] each: the Config, the policies, the observation statistics."""
+    from flax import serialization
+    payload = {"config": {**dataclasses.asdict(config), "hidden_sizes": list(config.hidden_sizes)},
+               "policy_params": jax.tree.map(np.asarray, policy_params),
+               "obs_stats": {k: np.asarray(v) for k, v in obs_stats._asdict().items()}}
+    data = serialization.msgpack_serialize(payload)
+    write_file(path, lambda temp: open(temp, "wb").write(data))
+
+
+def load_policy(path: str) -> tuple[Config, Any, RunningStats]:
+    """Read a --save file (msgpack: data only, so loading runs no code). ValueError with one line
+    if it is unreadable, corrupt, non-finite or does not match its own Config."""
+    from flax import serialization
+    try:
+        with open(path, "rb") as f:
+            raw = serialization.msgpack_restore(f.read())
+        saved = {k: v.item() if hasattr(v, "item") else v for k, v in raw["config"].items()}
+        sizes = saved["hidden_sizes"]
+        saved["hidden_sizes"] = tuple(sizes.values() if isinstance(sizes, dict) else sizes)
+        config = make_config(**saved)
+        agent, runs = make_agent(config), len(raw["obs_stats"]["count"])
+        template = jax.eval_shape(jax.vmap(lambda k: (lambda s: (s.policy_params, s.obs_stats))(
+            init_train_state(agent, config, k))), jax.random.split(jax.random.PRNGKey(0), runs))
+        loaded = serialization.from_state_dict(template, {"0": raw["policy_params"],
+                                                          "1": raw["obs_stats"]})
+        for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(template)):
+            if np.shape(got) != want.shape or np.asarray(got).dtype != want.dtype:
+                raise ValueError(f"an array {np.asarray(got).dtype}{list(np.shape(got))} where "
+                                 f"its config needs {want.dtype}{list(want.shape)}")
+            if not np.isfinite(got).all():
+                raise ValueError("non-finite numbers")
+    except Exception as error:
+        raise ValueError(f"cannot load {path}: {type(error).__name__}: {error}") from None
+    return config, *loaded
+
+
+def non_finite(tree: Any) -> list[str]:
+    """The paths of the float leaves of tree that hold NaN or inf."""
+    return [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(tree)
+            if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.isfinite(x).all()]
+
+
+def write_metrics(path: str, metrics: Metrics, runs: list[dict[str, Any]]) -> None:
+    """Per-update metrics [runs, updates] as .json (null for NaN: no episode ended yet) or .csv;
+    runs[i] labels run i and holds its eval return, if any."""
+    import csv
+    import json
+    arrays = {name: np.asarray(value) for name, value in metrics._asdict().items()}
+
+    def write(temp: str) -> None:
+        with open(temp, "w", newline="") as f:
+            if path.endswith(".json"):
+                strict = lambda v: np.where(np.isfinite(v), v.astype(object), None).tolist()
+                return json.dump({"runs": runs, **{k: strict(v) for k, v in arrays.items()}}, f)
+            writer = csv.writer(f)
+            writer.writerow([*runs[0], "update", *arrays])
+            for i, labels in enumerate(runs):
+                for u in range(arrays["env_steps"].shape[1]):
+                    writer.writerow([*labels.values(), u, *(v[i, u].item() for v in
+                                                            arrays.values())])
+    write_file(path, write)
+
+
+def plot_curves(path: str, curves: dict[str, Metrics], title: str) -> None:
+    """Mean +- std over seeds of the episode return against env steps; metrics [seeds, updates]."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, metrics in curves.items():
+        returns = np.asarray(metrics.episode_return, np.float64)  # NaN before any episode ended
+        mean, std = np.nanmean(returns, 0), np.nanstd(returns, 0)
+        ax.plot(metrics.env_steps[0], mean, label=label)
+        ax.fill_between(metrics.env_steps[0], mean - std, mean + std, alpha=0.25)
+    ax.set(xlabel="env steps", ylabel="episode return", title=title)
+    ax.legend()
+    fig.tight_layout()
+    write_file(path, lambda temp: fig.savefig(temp, dpi=120))
+    plt.close(fig)
+
+
+def render_gif(path: str, agent: Agent, config: Config, policy_params: Any,
+               obs_stats: RunningStats) -> int:
+    """One deterministic episode drawn by gymnax's Visualizer into a GIF; returns its length."""
+    for name in ("SDL_AUDIODRIVER", "SDL_VIDEODRIVER"):
+        os.environ.setdefault(name, "dummy")  # gymnax draws classic control through pygame
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    import matplotlib
+    matplotlib.use("Agg")
+    from gymnax.visualize import Visualizer
+    states, rewards, alive = jax.device_get(jax.jit(lambda p, s: deterministic_episodes(
+        agent, config, p, s, jax.random.PRNGKey(config.seed + 2), 1))(policy_params, obs_stats))
+    length = int(alive[:, 0].sum())
+    frames = [jax.tree.map(lambda x: x[t, 0], states) for t in range(length)]
+    visualizer = Visualizer(agent.env, agent.env_params, frames, np.cumsum(rewards[:length, 0]))
+    write_file(path, visualizer.animate)
+    return length
+
+
+def run(config: Config | None, args: argparse.Namespace) -> None:
+    """Train (or --load), then the outputs. ValueError with a one-line message when a run
+    cannot be used."""
+    if args.load:
+        config, policy_params, obs_stats = load_policy(args.load)
+        args.sweep, args.eval = ("max_kl", [config.max_kl]), args.eval or 10
+    if args.render and config.env_name not in DRAWABLE:
+        raise ValueError(f"--render: gymnax cannot draw {config.env_name}; it draws "
+                         f"{', '.join(DRAWABLE)}")
+    agent = make_agent(config, devices=args.devices)
+    (field, values), seeds = args.sweep, args.seeds
+    labels = [f"{field}={v:g}" if len(values) > 1 or field != "max_kl" else "" for v in values]
+    runs = [{"seed": config.seed, "seed_index": s, **({field: v} if label else {})}
+            for v, label in zip(values, labels) for s in range(seeds)]
+    if not args.load:
+        print(f"TRPO on {config.env_name}: {len(values)} value(s) x {seeds} seed(s) x "
+              f"{num_updates(config)} updates x {config.num_envs * config.num_steps} steps",
+              flush=True)
+        state, metrics = train_runs(config, args)
+        bad = non_finite(state)
+        if bad:
+            raise ValueError(f"training went non-finite ({', '.join(bad[:3])}); nothing is "
+                             "written (lower --vf_lr or --max_kl)")
+        flat = lambda tree: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
+        metrics, policy_params, obs_stats = flat((metrics, state.policy_params, state.obs_stats))
+        for i, label in enumerate(labels):
+            final = metrics.episode_return[i * seeds:(i + 1) * seeds, -1]
+            accepted = metrics.line_search_accepted[i * seeds:(i + 1) * seeds].mean()
+            print(f"{label + ': ' if label else ''}final training return {np.nanmean(final):.1f} "
+                  f"over {seeds} seed(s) [{', '.join(f'{r:.1f}' for r in final)}], line-search "
+                  f"acceptance {accepted:.2f}")
+    if args.save:
+        save_policy(args.save, config, policy_params, obs_stats)
+        print(f"saved {len(runs)} policies to {args.save}")
+    if args.eval:
+        returns = evaluate_seeds(agent, config, policy_params, obs_stats, args.eval)
+        for i, label in enumerate(labels):
+            per_seed = returns[i * seeds:(i + 1) * seeds]
+            print(f"eval{' ' + label if label else ''}: {args.eval} deterministic episodes per "
+                  f"seed, {len(per_seed)} seed(s) [{', '.join(f'{r:.1f}' for r in per_seed)}]: "
+                  f"{format_summary(summarize_seeds(per_seed, SOLVED.get(config.env_name)))}")
+        for run_labels, value in zip(runs, returns):
+            run_labels["eval_return"] = float(value)
+    if args.metrics:
+        write_metrics(args.metrics, metrics, runs)
+    if args.plot:
+        plot_curves(args.plot, {label or f"{seeds} seed(s)": jax.tree.map(
+            lambda x: x[i * seeds:(i + 1) * seeds], metrics) for i, label in enumerate(labels)},
+            config.env_name)
+    if args.render:
+        length = render_gif(args.render, agent, config,
+                            *jax.tree.map(lambda x: x[0], (policy_params, obs_stats)))
+        print(f"rendered a {length}-step deterministic episode to {args.render}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python trpo.py [flags]`; returns the exit code. A user's mistake is one line and 2.
+    The work runs in a thread, so that the main thread takes Ctrl-C and SIGTERM at once."""
+    outcome: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            run(*parse_args(argv))
+        except BaseException as error:
+            outcome.append(error)
+
+    args = sys.argv[1:] if argv is None else argv
+    outputs = tuple(args[i + 1] for i, flag in enumerate(args[:-1]) if flag[2:] in OUTPUTS)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_on_signal(outputs)
+    try:
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    error = outcome[0] if outcome else None
+    if isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error):
+        error = ValueError("out of memory: lower --hidden_sizes, --num_envs x --num_steps, "
+                           "--seeds or the sweep's values")
+    if isinstance(error, ValueError):
+        print(f"trpo.py: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+        return 2
+    if error is not None:
+        raise error
+    return 0
+
+
 if __name__ == "__main__":
-    import trpo_cli  # the flags and outputs of `python trpo.py`, kept out of the algorithm's file
-    trpo_cli.script()
+    if not jax.config.jax_compilation_cache_dir:  # JAX's persistent cache, unless set already
+        home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        jax.config.update("jax_compilation_cache_dir", os.path.join(home, "trpo-jax"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    sys.exit(main())
