@@ -854,13 +854,16 @@ def parse_args(argv: list[str] | None) -> tuple[Config | None, argparse.Namespac
                              "--plot are for training")
         return None, args
     config = make_config(**explicit)
-    field, _, text = (args.sweep or f"max_kl={config.max_kl!r}").partition("=")
-    if field in explicit and args.sweep:
-        raise ValueError(f"--{field} and --sweep {args.sweep} both set {field}; keep one")
+    sweep = f"max_kl={config.max_kl!r}" if args.sweep is None else args.sweep
+    field, equals, text = sweep.partition("=")
+    if field in explicit and args.sweep is not None:
+        raise ValueError(f"--{field} and --sweep {sweep} both set {field}; keep one")
     try:
-        values = [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")] if equals else []
     except ValueError:
-        raise ValueError(f"--sweep expects FIELD=v1,v2,..., got {args.sweep!r}") from None
+        values = []
+    if not values:
+        raise ValueError(f"--sweep expects FIELD=v1,v2,..., got {sweep!r}")
     make_sweep_train(config, field)  # checks the field
     for value in values:
         validate_config(dataclasses.replace(config, **{field: value}))
@@ -881,7 +884,8 @@ def check_paths(args: argparse.Namespace) -> None:
         seen[real], folder = flag, os.path.dirname(real)
         if flag == "load":
             continue
-        if path.endswith(os.sep) or os.path.isdir(path) or not path.endswith(OUTPUTS[flag]):
+        if not path or path.endswith(os.sep) or os.path.isdir(path) or not path.endswith(
+                OUTPUTS[flag]):
             ends = " or ".join(OUTPUTS[flag]) if flag == "metrics" else OUTPUTS[flag]
             raise ValueError(f"--{flag} {path!r}: expected a file path ending in {ends}")
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
@@ -1018,9 +1022,10 @@ def plot_curves(path: str, curves: dict[str, Metrics], title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, metrics in curves.items():
         returns = np.asarray(metrics.episode_return, np.float64)  # NaN before any episode ended
-        mean, std = np.nanmean(returns, 0), np.nanstd(returns, 0)
-        ax.plot(metrics.env_steps[0], mean, label=label)
-        ax.fill_between(metrics.env_steps[0], mean - std, mean + std, alpha=0.25)
+        ended = np.isfinite(returns).any(0)
+        mean, std = np.nanmean(returns[:, ended], 0), np.nanstd(returns[:, ended], 0)
+        ax.plot(metrics.env_steps[0, ended], mean, label=label)
+        ax.fill_between(metrics.env_steps[0, ended], mean - std, mean + std, alpha=0.25)
     ax.set(xlabel="env steps", ylabel="episode return", title=title)
     ax.legend()
     fig.tight_layout()
@@ -1056,7 +1061,7 @@ def run(config: Config | None, args: argparse.Namespace) -> None:
         raise ValueError(f"--render: gymnax cannot draw {config.env_name}; it draws "
                          f"{', '.join(DRAWABLE)}")
     agent = make_agent(config, devices=args.devices)
-    (field, values), seeds = args.sweep, args.seeds
+    (field, values), seeds = args.sweep, len(obs_stats.count) if args.load else args.seeds
     labels = [f"{field}={v:g}" if len(values) > 1 or field != "max_kl" else "" for v in values]
     runs = [{"seed": config.seed, "seed_index": s, **({field: v} if label else {})}
             for v, label in zip(values, labels) for s in range(seeds)]

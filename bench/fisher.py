@@ -114,8 +114,8 @@ def compiled_run(config, keys, product="jvp of grad"):
 
 
 def learning(metrics):
-    final = np.asarray(metrics.episode_return[:, -1])
-    return final, float(np.asarray(metrics.episode_return).mean())
+    final = np.asarray(metrics.episode_return[:, -1])  # NaN: the run ended no episode
+    return final, float(np.nanmean(metrics.episode_return))
 
 
 def cg_alone(config, repeats):
@@ -176,8 +176,8 @@ def main():
             results[name] = learning(metrics)
     for name in names:
         final, auc = results[name]
-        print(f"{name:18s}: run {best[name]:.2f} s, final {final.mean():.1f} +- {final.std():.1f}, "
-              f"{int((final >= 475).sum())}/{len(final)} seeds >= 475, "
+        print(f"{name:18s}: run {best[name]:.2f} s, final {np.nanmean(final):.1f} +- "
+              f"{np.nanstd(final):.1f}, {int((final >= 475).sum())}/{len(final)} seeds >= 475, "
               f"mean return over training {auc:.1f}")
     print(f"whole-run ratio (jvp of grad / J^T M J): {best[names[0]] / best[names[1]]:.2f}x")
 

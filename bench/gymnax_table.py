@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -34,7 +35,6 @@ import jax.numpy as jnp  # noqa: E402
 
 import gymnax  # noqa: E402
 import trpo  # noqa: E402
-import trpo_cli  # noqa: E402
 
 TUNING_SEED, HELDOUT_SEED = 0, 1
 MINATAR = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar",
@@ -104,7 +104,8 @@ def evaluate_runs(config, state, episodes, lead=1):
     flatten = lambda x: x.reshape(-1, *x.shape[lead:])
     params, stats = jax.tree.map(flatten, (state.policy_params, state.obs_stats))
     num = jax.tree.leaves(params)[0].shape[0]
-    run = jax.jit(jax.vmap(lambda p, s, k: trpo.evaluate(config, p, s, k, episodes)))
+    agent = trpo.make_agent(config)
+    run = jax.jit(jax.vmap(lambda p, s, k: trpo.evaluate(agent, config, p, s, k, episodes)))
     return np.asarray(run(params, stats, eval_keys(num))).mean(1)
 
 
@@ -122,12 +123,15 @@ def row(env_name, config, per_seed, random, train_s, episodes, extra=None):
 
 def curve(metrics, points=20):
     """[env steps, mean, std] of the training return over runs at `points` evenly spaced
-    updates."""
+    updates, over the runs that have ended an episode by then (NaN where none has)."""
     returns = np.asarray(metrics.episode_return)
     returns = returns.reshape(-1, returns.shape[-1])
     index = np.linspace(0, returns.shape[-1] - 1, points).astype(int)
-    return [[int(np.asarray(metrics.env_steps).reshape(-1, returns.shape[-1])[0, i]),
-             float(returns[:, i].mean()), float(returns[:, i].std())] for i in index]
+    with warnings.catch_warnings():  # nanmean warns where every run is NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return [[int(np.asarray(metrics.env_steps).reshape(-1, returns.shape[-1])[0, i]),
+                 float(np.nanmean(returns[:, i])), float(np.nanstd(returns[:, i]))]
+                for i in index]
 
 
 def plot_minatar(results, path):
@@ -212,7 +216,9 @@ def choose(results, field):
 
 def parse_overrides(texts):
     """["FIELD=VALUE", ...] -> Config overrides, each parsed by its field's type."""
-    parse = {f.name: trpo_cli.flag_type(f) for f in dataclasses.fields(trpo.Config)}
+    parsers = {bool: trpo.parse_bool, tuple: trpo.parse_sizes}  # else int, float or str
+    parse = {f.name: parsers.get(type(f.default), type(f.default))
+             for f in dataclasses.fields(trpo.Config)}
     return {k: parse[k](v) for k, v in (text.split("=", 1) for text in texts)}
 
 

@@ -44,7 +44,8 @@ def run_env(env_name: str, seeds: int, seed: int, episodes: int,
     start = time.perf_counter()
     state, metrics = jax.block_until_ready(jax.jit(jax.vmap(trpo.make_train(config)))(keys))
     train_s = time.perf_counter() - start
-    returns = trpo.evaluate_seeds(config, state.policy_params, state.obs_stats, episodes)
+    returns = trpo.evaluate_seeds(trpo.make_agent(config), config, state.policy_params,
+                                  state.obs_stats, episodes)
     summary = trpo.summarize_seeds(returns, trpo.SOLVED.get(env_name))
     summary.update(env=env_name, steps=config.total_timesteps, seed=seed, episodes=episodes,
                    train_s=round(train_s, 1), overrides=overrides, per_seed=returns.tolist())

@@ -23,9 +23,10 @@ for env_name in args.envs.split(","):
         config = trpo.make_config(env_name, normalize_observations=normalize)
         keys = jax.random.split(jax.random.PRNGKey(0), args.seeds)
         state, metrics = jax.jit(jax.vmap(trpo.make_train(config)))(keys)
-        evaluate = jax.jit(jax.vmap(lambda p, s, k: trpo.evaluate(config, p, s, k, 10)))
+        agent = trpo.make_agent(config)
+        evaluate = jax.jit(jax.vmap(lambda p, s, k: trpo.evaluate(agent, config, p, s, k, 10)))
         evals = np.asarray(evaluate(state.policy_params, state.obs_stats, keys)).mean(1)
-        final = np.asarray(metrics.episode_return[:, -1])
+        final = np.asarray(metrics.episode_return[:, -1])  # NaN: the run ended no episode
         print(f"{env_name:26} {config.total_timesteps:>7} {str(normalize):>9} "
-              f"{final.mean():8.1f} ± {final.std():5.1f} {evals.mean():15.1f} ± {evals.std():5.1f}",
-              flush=True)
+              f"{np.nanmean(final):8.1f} ± {np.nanstd(final):5.1f} "
+              f"{evals.mean():15.1f} ± {evals.std():5.1f}", flush=True)

@@ -42,7 +42,7 @@ def profile(config: trpo.Config) -> dict:
         return batch, flat(targets)
 
     batch, targets = jax.jit(batch_of)(transitions)
-    hp = trpo.trpo_hyperparams(config)
+    hp = trpo.TRPOHyperparams(*(getattr(config, n) for n in trpo.TRPOHyperparams._fields))
     policy = jax.jit(lambda p, b: trpo.trpo_step(agent.policy.apply, p, b, hp))
     critic = jax.jit(lambda c, o, t, k: trpo.update_critic(agent.value.apply, c, o, t, k, config))
     times = {"rollout": best_time(rollout, state, key),

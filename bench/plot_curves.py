@@ -18,7 +18,8 @@ fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.4), squ
 for ax, (env_name, sides) in zip(axes[0], results.items()):
     steps = np.asarray(sides["trpo"]["steps"])
     returns = np.asarray(sides["trpo"]["returns"], np.float64)
-    # Before a seed's first finished episode its logged return is a placeholder 0: not drawn.
+    # Before a seed's first finished episode its logged return is NaN (a placeholder 0 in
+    # files written before trpo.py logged NaN): not drawn.
     returns[np.cumsum(returns != 0, 1) == 0] = np.nan
     mean, std = np.nanmean(returns, 0), np.nanstd(returns, 0)
     ax.plot(steps, mean, label="trpo.py")

@@ -10,6 +10,7 @@ steps of one seed's first greedy episode: the env state's scalar fields and pi(a
 import argparse
 import os
 import sys
+from functools import partial
 
 import numpy as np
 
@@ -48,7 +49,8 @@ def sampled_returns(config, policy_params, obs_stats, key, num_episodes):
 def replay(config, policy_params, obs_stats, key, last):
     """The last `last` steps of one greedy episode: scalar env-state fields and pi(a|s)."""
     agent = trpo.make_agent(config)
-    states, rewards, alive = trpo.deterministic_episodes(config, policy_params, obs_stats, key, 1)
+    states, rewards, alive = trpo.deterministic_episodes(agent, config, policy_params, obs_stats,
+                                                         key, 1)
     length = int(alive[:, 0].sum())
     print(f"greedy episode: {length} steps, return {float((rewards * alive)[:, 0].sum()):g}")
     for t in range(max(0, length - last), length):
@@ -81,7 +83,8 @@ def main():
     greedy_key, sample_key, replay_key = jax.random.split(jax.random.PRNGKey(EVAL_KEY), 3)
     run = lambda fn, k: np.asarray(jax.jit(jax.vmap(lambda p, s: fn(config, p, s, k, args.episodes)
                                                     ))(state.policy_params, state.obs_stats))
-    greedy, sampled = run(trpo.evaluate, greedy_key), run(sampled_returns, sample_key)
+    greedy = run(partial(trpo.evaluate, trpo.make_agent(config)), greedy_key)
+    sampled = run(sampled_returns, sample_key)
     last = np.asarray(metrics.episode_return)[:, -1]
     for i in range(args.seeds):
         print(f"seed {i}: greedy {greedy[i].mean():.2f}, sampled {sampled[i].mean():.2f}, "

@@ -58,9 +58,9 @@ def main():
     with fisher_product(args.gauss_newton_fisher):
         (_, metrics), compile_time, run_time = compile_and_run(
             jax.vmap(trpo.make_train(config)), jax.random.split(jax.random.PRNGKey(0), args.seeds))
-    final = np.asarray(metrics.episode_return[:, -1])
+    final = np.asarray(metrics.episode_return[:, -1])  # NaN: the run ended no episode
     print(f"(a) {args.seeds} CartPole agents x 100k steps: run {run_time:.2f} s "
-          f"(compile {compile_time:.1f} s), mean final return {final.mean():.1f}, "
+          f"(compile {compile_time:.1f} s), mean final return {np.nanmean(final):.1f}, "
           f"{np.mean(final >= 475):.0%} of seeds >= 475")
 
     big = trpo.make_config("CartPole-v1", num_envs=args.big_envs, num_steps=args.big_steps,

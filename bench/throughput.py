@@ -1,8 +1,7 @@
 """trpo.py training throughput against the raw rollout limit, side by side in one run.
 
 The limit: the same gymnax env, the same policy network sampling actions, the same num_envs, in one
-lax.scan, with no learning. Also prints the compile time of train, and what --progress costs
-against --quiet. Runs unchanged on a CPU or a GPU.
+lax.scan, with no learning. Also prints the compile time of train. Runs unchanged on a CPU or a GPU.
 
     python bench/throughput.py --env CartPole-v1 --grid 8,32,128,512,2048
 """
@@ -15,7 +14,6 @@ import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import trpo  # noqa: E402
-import trpo_cli  # noqa: E402
 
 
 def raw_rollout_fn(config: trpo.Config, total_steps: int):
@@ -74,27 +72,6 @@ def main():
         steps = args.updates * batch
         print(f"{num_envs:>8} {batch:>8} {steps / train_time:>14,.0f} {steps / raw_time:>16,.0f} "
               f"{raw_time / train_time:>12.3f} {compile_time:>10.1f}", flush=True)
-
-    # Progress callback cost: the default CartPole run with and without progress, alternated.
-    config = trpo.make_config(args.env)
-    printer = trpo_cli.make_progress_printer(config, 1, [time.perf_counter()])
-    quiet = jax.jit(trpo.make_train(config))
-    # the callback machinery, no printing
-    loud = jax.jit(trpo.make_train(config, lambda i, m: None))
-    loud_print = jax.jit(trpo.make_train(config, printer))
-    key = jax.random.PRNGKey(0)
-    for fn in (quiet, loud, loud_print):
-        jax.block_until_ready(fn(key))
-    times = {"quiet": [], "callback": [], "printing": []}
-    for _ in range(5):
-        for name, fn in (("quiet", quiet), ("callback", loud), ("printing", loud_print)):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(key))
-            times[name].append(time.perf_counter() - start)
-    q = min(times["quiet"])
-    print(f"progress overhead ({args.env} defaults, best of 5 alternated): callback only "
-          f"{min(times['callback']) / q - 1:+.1%}, printing {min(times['printing']) / q - 1:+.1%} "
-          f"(quiet run {q:.2f} s)")
 
 
 if __name__ == "__main__":
