@@ -871,6 +871,7 @@ BAD_INPUTS = {  # case: (flags, what the one line says); {tmp} is the scratch fo
     "seed out of range": (["--seed", str(10**20)], "seed"),
     "layers XLA cannot compile": (["--hidden_sizes", "65536,65536"], "hidden_sizes"),
     "endless critic": (["--vf_epochs", "2147483647"], "vf_epochs"),
+    "a critic step that can only diverge": (["--vf_lr", "1e10"], "vf_lr"),
     "malformed value": (["--max_kl", "abc"], "max_kl"),
     "malformed bool": (["--normalize_advantages", "maybe"], "normalize_advantages"),
     "malformed sizes": (["--hidden_sizes", "64,x"], "hidden_sizes"),
@@ -1049,6 +1050,23 @@ def test_cli_signal_while_compiling_or_training_is_one_line(tmp_path, sig, state
     assert proc.wait(timeout=60) == 128 + sig
     assert (tmp_path / "err.txt").read_text().splitlines() == [f"trpo.py: stopped by {sig.name}"]
     assert sorted(os.listdir(tmp_path)) == ["cache", "err.txt", "out.txt"]
+
+
+def test_ctrl_c_while_jax_imports_is_one_line(tmp_path):
+    """SIGINT delivered the moment trpo.py, run as a script, starts importing its first
+    third-party module (chex, then jax): one line and exit 130, no traceback."""
+    code = ("import builtins, os, runpy, signal, sys\n"
+            "real_import = builtins.__import__\n"
+            "def hook(name, *args, **kwargs):\n"
+            "    if name == 'chex':\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real_import(name, *args, **kwargs)\n"
+            "builtins.__import__ = hook\n"
+            "sys.argv = ['trpo.py']\n"
+            f"runpy.run_path({os.path.join(HERE, 'trpo.py')!r}, run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path, env=user_env(), timeout=120)
+    assert result.returncode == 130 and result.stderr == "trpo.py: stopped by SIGINT\n", result
 
 
 def test_signal_while_writing_removes_the_half_written_temp(tmp_path):
