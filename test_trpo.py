@@ -991,6 +991,16 @@ def test_cli_non_finite_training_writes_nothing(tmp_path, monkeypatch, capsys):
     assert os.listdir(tmp_path) == []
 
 
+def test_cli_out_of_memory_is_one_line(monkeypatch, capsys):
+    """XLA's allocation failure becomes one line naming what to lower."""
+    def exhausted(*args):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9 bytes.")
+
+    monkeypatch.setattr(trpo, "train_runs", exhausted)
+    code, _, err = cli(capsys, "--hidden_sizes", "8192,8192", "--quiet")
+    assert code == 2 and len(err) == 1 and "out of memory" in err[0], err
+
+
 def test_cli_render_writes_a_gif_of_a_loaded_policy(scratch, tmp_path, capsys):
     save_untrained(tmp_path / "catch.msgpack", "Catch-bsuite")
     gif = tmp_path / "catch.gif"

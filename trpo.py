@@ -1108,24 +1108,25 @@ def run(config: Config | None, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python trpo.py [flags]`; returns the exit code. A user's mistake is one line and 2.
-    The work runs in a thread, so that the main thread takes Ctrl-C and SIGTERM at once."""
+    The run goes in a thread, so that the main thread takes Ctrl-C and SIGTERM at once."""
     outcome: list[BaseException] = []
 
-    def work() -> None:
+    def work(config: Config | None, args: argparse.Namespace) -> None:
         try:
-            run(*parse_args(argv))
+            run(config, args)
         except BaseException as error:
             outcome.append(error)
 
-    args = sys.argv[1:] if argv is None else argv
-    outputs = tuple(args[i + 1] for i, flag in enumerate(args[:-1]) if flag[2:] in OUTPUTS)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    stop_on_signal(outputs)
     try:
-        worker = threading.Thread(target=work, daemon=True)
+        config, args = parse_args(argv)
+        stop_on_signal(tuple(getattr(args, flag) for flag in OUTPUTS if getattr(args, flag)))
+        worker = threading.Thread(target=work, args=(config, args), daemon=True)
         worker.start()
         while worker.is_alive():
             worker.join(0.1)
+    except ValueError as error:
+        outcome.append(error)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
