@@ -702,6 +702,8 @@ for devices in (1, 4):
                     for x in (*metrics, *jax.tree.leaves(state.policy_params))]
     if devices == 4:
         assert len(state.runner.obs.sharding.device_set) == 4, state.runner.obs.sharding
+assert trpo.main(["--num_envs", "8", "--num_steps", "32", "--total_timesteps", "768",
+                  "--hidden_sizes", "16,16", "--devices", "4", "--quiet", "--eval", "1"]) == 0
 print(json.dumps(out))
 """
 
@@ -1077,6 +1079,19 @@ def test_ctrl_c_while_jax_imports_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=tmp_path, env=user_env(), timeout=120)
     assert result.returncode == 130 and result.stderr == "trpo.py: stopped by SIGINT\n", result
+
+
+def test_closed_stdout_is_one_line(tmp_path):
+    """`python trpo.py | head -1`: once the reader has gone, one line on stderr and exit 2, no
+    traceback."""
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "trpo.py"), *TINY,
+                             "--total_timesteps", "40960"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=user_env(XDG_CACHE_HOME=str(tmp_path)))
+    assert proc.stdout.readline().startswith("TRPO on")
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 2
+    assert proc.stderr.read() == "trpo.py: error: stdout was closed, so the run stopped\n"
 
 
 def test_signal_while_writing_removes_the_half_written_temp(tmp_path):

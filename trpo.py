@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 
@@ -957,7 +958,7 @@ def save_policy(path: str, config: Config, policy_params: Any, obs_stats: Runnin
                "policy_params": jax.tree.map(np.asarray, policy_params),
                "obs_stats": {k: np.asarray(v) for k, v in obs_stats._asdict().items()}}
     data = serialization.msgpack_serialize(payload)
-    write_file(path, lambda temp: open(temp, "wb").write(data))
+    write_file(path, lambda temp: Path(temp).write_bytes(data))
 
 
 def load_policy(path: str) -> tuple[Config, Any, RunningStats]:
@@ -1134,6 +1135,9 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error):
         error = ValueError("out of memory: lower --hidden_sizes, --num_envs x --num_steps, "
                            "--seeds or the sweep's values")
+    if isinstance(error, BrokenPipeError):  # `python trpo.py | head`: no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        error = ValueError("stdout was closed, so the run stopped")
     if isinstance(error, ValueError):
         print(f"trpo.py: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
         return 2
@@ -1146,5 +1150,5 @@ if __name__ == "__main__":
     if not jax.config.jax_compilation_cache_dir:  # JAX's persistent cache, unless set already
         home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         jax.config.update("jax_compilation_cache_dir", os.path.join(home, "trpo-jax"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     sys.exit(main())
