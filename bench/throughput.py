@@ -14,6 +14,7 @@ import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import trpo  # noqa: E402
+from phases import best_time  # noqa: E402
 
 
 def raw_rollout_fn(config: trpo.Config, total_steps: int):
@@ -37,16 +38,6 @@ def raw_rollout_fn(config: trpo.Config, total_steps: int):
     return jax.jit(run)
 
 
-def timed(fn, *args, repeats=3):
-    jax.block_until_ready(fn(*args))  # compile + warm
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--env", default="CartPole-v1")
@@ -67,8 +58,8 @@ def main():
         start = time.perf_counter()
         compiled = train.lower(key).compile()
         compile_time = time.perf_counter() - start
-        train_time = timed(compiled, key)
-        raw_time = timed(raw_rollout_fn(config, args.updates * batch), key)
+        train_time = best_time(compiled, key, repeats=3)
+        raw_time = best_time(raw_rollout_fn(config, args.updates * batch), key, repeats=3)
         steps = args.updates * batch
         print(f"{num_envs:>8} {batch:>8} {steps / train_time:>14,.0f} {steps / raw_time:>16,.0f} "
               f"{raw_time / train_time:>12.3f} {compile_time:>10.1f}", flush=True)
