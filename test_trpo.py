@@ -487,8 +487,9 @@ def test_update_uses_frozen_statistics_and_scaled_rewards(monkeypatch):
     monkeypatch.setattr(trpo, "trpo_step", spy_trpo_step)
     monkeypatch.setattr(trpo, "gae", lambda rewards, *rest: (seen.setdefault("rewards", rewards),
                                                              real_gae(rewards, *rest))[1])
-    new_state, _ = trpo.update_step(agent, config, state)
-    tr = first_rollout(config, agent, state)
+    traced = lambda s: (first_rollout(config, agent, s), trpo.update_step(agent, config, s)[0],
+                        dict(seen))  # what the spies saw, returned from the trace
+    tr, new_state, seen = jax.jit(traced)(state)
     raw = np.asarray(tr.obs).reshape(-1, agent.obs_dim)
     mean, var = np.asarray(state.obs_stats.mean), np.asarray(state.obs_stats.var)
     expected_obs = np.clip((raw - mean) / np.sqrt(var + 1e-8), -10, 10)
@@ -587,16 +588,15 @@ def test_episode_return_is_nan_until_an_episode_ends_then_the_mean_of_those_that
     agent = trpo.make_agent(config)
     step = jax.jit(lambda s: (first_rollout(config, agent, s), trpo.update_step(agent, config, s)))
     state = trpo.init_train_state(agent, config, jax.random.PRNGKey(0))
-    last = np.nan
+    last, logged = np.nan, []
     for _ in range(20):
         tr, (state, metrics) = step(state)
         ended = np.asarray(tr.terminated | tr.truncated)
         if ended.any():
             last = np.asarray(tr.finished_return)[ended].mean()
         np.testing.assert_allclose(float(metrics.episode_return), last, rtol=1e-5)
-    _, metrics = jax.jit(trpo.make_train(config))(jax.random.PRNGKey(0))
-    assert np.isnan(np.asarray(metrics.episode_return)[0])
-    assert np.isfinite(np.asarray(metrics.episode_return)[-1])
+        logged.append(float(metrics.episode_return))
+    assert np.isnan(logged[0]) and np.isfinite(logged[-1])  # both cases happened
 
 
 NEEDS_DOWNLOAD = {"MNISTBandit-bsuite"}  # fetches MNIST over the network when made
@@ -662,7 +662,7 @@ def compiled_short_run(shape_index):
 def test_property_random_configs_stay_finite():
     from hypothesis import given, settings, strategies as st
 
-    @settings(max_examples=60, deadline=None, derandomize=True)
+    @settings(max_examples=40, deadline=None, derandomize=True)
     @given(shape=st.integers(0, len(SHAPES) - 1), seed=st.integers(0, 2**31 - 1),
            max_kl=st.floats(1e-6, 1.0), cg_damping=st.floats(0.0, 10.0),
            cg_iters=st.integers(1, 30), line_search_steps=st.integers(1, 20),
