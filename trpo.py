@@ -715,9 +715,8 @@ def make_sweep_train(config: Config, field: str, devices: int = 1) -> Callable:
 
 
 # ----------------------------------------------------------------------------- 7. Evaluation
-def deterministic_episodes(agent: Agent, config: Config, policy_params: Any,
-                           obs_stats: RunningStats, key: jax.Array, num_episodes: int) -> tuple:
-    """num_episodes episodes in parallel with the mode of pi (argmax / mean action), for the env's
+def run_episodes(agent: Agent, act: Callable, key: jax.Array, num_episodes: int) -> tuple:
+    """num_episodes episodes in parallel, each step's action act(obs, step_key), for the env's
     step limit. Returns env states, rewards and an alive mask, each [max_steps, num_episodes]."""
     max_steps = int(getattr(agent.env_params, "max_steps_in_episode", 1000))
     reset_key, step_key = jax.random.split(key)
@@ -726,14 +725,20 @@ def deterministic_episodes(agent: Agent, config: Config, policy_params: Any,
 
     def step(carry, k):
         env_state, obs, alive = carry
-        norm_obs = normalize(obs, obs_stats, config.normalize_observations)
-        action = mode(agent.policy.apply(policy_params, norm_obs))
-        obs, next_state, reward, term, trunc, _ = step_envs(agent, env_state, action, k)
+        obs, next_state, reward, term, trunc, _ = step_envs(agent, env_state, act(obs, k), k)
         return (next_state, obs, alive * (1.0 - (term | trunc))), (env_state, reward, alive)
 
     init = (env_state, flat_obs(obs, num_episodes), jnp.ones(num_episodes))
     _, (states, rewards, alive) = jax.lax.scan(step, init, jax.random.split(step_key, max_steps))
     return states, rewards, alive
+
+
+def deterministic_episodes(agent: Agent, config: Config, policy_params: Any,
+                           obs_stats: RunningStats, key: jax.Array, num_episodes: int) -> tuple:
+    """run_episodes with the mode of pi (argmax / mean action)."""
+    norm = lambda obs: normalize(obs, obs_stats, config.normalize_observations)
+    return run_episodes(agent, lambda obs, _: mode(agent.policy.apply(policy_params, norm(obs))),
+                        key, num_episodes)
 
 
 def evaluate(agent: Agent, config: Config, policy_params: Any, obs_stats: RunningStats,

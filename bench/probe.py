@@ -26,24 +26,15 @@ EVAL_KEY = 12345
 
 
 def sampled_returns(config, policy_params, obs_stats, key, num_episodes):
-    """Returns of num_episodes episodes with actions sampled from pi, for the env's step limit."""
+    """Returns of num_episodes episodes with actions sampled from pi, for the env's step limit
+    (the action's key is fold_in(step key, 1); before 2026-12-01 it was split(step key)[0], and
+    the env's split(step key)[1])."""
     agent = trpo.make_agent(config)
-    max_steps = int(getattr(agent.env_params, "max_steps_in_episode", 1000))
-    reset_key, step_key = jax.random.split(key)
-    obs, env_state = jax.vmap(agent.env.reset, in_axes=(0, None))(
-        jax.random.split(reset_key, num_episodes), agent.env_params)
-
-    def step(carry, k):
-        env_state, obs, alive = carry
-        action_key, env_key = jax.random.split(k)
-        norm_obs = trpo.normalize(obs, obs_stats, config.normalize_observations)
-        action = trpo.sample(agent.policy.apply(policy_params, norm_obs), action_key)
-        obs, env_state, reward, term, trunc, _ = trpo.step_envs(agent, env_state, action, env_key)
-        return (env_state, obs, alive * (1.0 - (term | trunc))), reward * alive
-
-    init = (env_state, trpo.flat_obs(obs, num_episodes), jnp.ones(num_episodes))
-    _, rewards = jax.lax.scan(step, init, jax.random.split(step_key, max_steps))
-    return rewards.sum(0)
+    norm = lambda obs: trpo.normalize(obs, obs_stats, config.normalize_observations)
+    act = lambda obs, k: trpo.sample(agent.policy.apply(policy_params, norm(obs)),
+                                     jax.random.fold_in(k, 1))
+    _, rewards, alive = trpo.run_episodes(agent, act, key, num_episodes)
+    return jnp.sum(rewards * alive, 0)
 
 
 def replay(config, policy_params, obs_stats, key, last):
