@@ -104,6 +104,20 @@ def test_make_config_rejects_bad_fields_with_value_error(fields):
         tiny_config(**fields)
 
 
+def test_paper_config_keeps_only_the_budget_and_batch_of_a_preset():
+    pendulum = trpo.make_config("Pendulum-v1", paper=True)
+    assert (pendulum.num_envs, pendulum.num_steps, pendulum.gamma, pendulum.init_log_std,
+            pendulum.vf_epochs) == (4, 256, 0.99, 0.0, 10)  # the preset's batch, not its gamma
+    breakout = trpo.make_config("Breakout-MinAtar", paper=True)
+    assert (breakout.num_envs, breakout.total_timesteps, breakout.vf_minibatches,
+            breakout.entropy_coef, breakout.cg_damping) == (64, 10_000_000, 8, 0.0, 0.1)
+    acrobot = trpo.make_config("Acrobot-v1", paper=True)
+    assert (acrobot.max_kl, acrobot.anneal_max_kl, acrobot.normalize_observations,
+            acrobot.normalize_rewards, acrobot.normalize_advantages) == (0.01, False, False,
+                                                                        False, True)
+    assert trpo.make_config("Acrobot-v1", paper=True, max_kl=0.02).max_kl == 0.02
+
+
 def test_unknown_env_and_incomplete_env_are_value_errors():
     with pytest.raises(ValueError, match="unknown env"):
         trpo.make_train(dataclasses.replace(tiny_config(), env_name="Nope-v0"))
@@ -910,6 +924,7 @@ BAD_INPUTS = {  # case: (flags, what the one line says); {tmp} is the scratch fo
                        "--load"),
     "a Config flag with load": (["--load", "{tmp}/deepsea.msgpack", "--max_kl", "0.02"],
                                 "--load"),
+    "paper with load": (["--load", "{tmp}/deepsea.msgpack", "--paper"], "--load"),
     "missing load file": (["--load", "{tmp}/none.msgpack"], "cannot load"),
     "corrupt load file": (["--load", "{tmp}/corrupt.msgpack"], "cannot load"),
     "load a folder": (["--load", "{tmp}"], "cannot load"),
@@ -976,6 +991,18 @@ def test_cli_sweep_labels_runs_and_shows_missing_returns_as_missing(tmp_path, ca
     data = json.loads(metrics.read_text(), parse_constant=lambda name: pytest.fail(name))
     assert [run["max_kl"] for run in data["runs"]] == [0.01, 0.02]
     assert data["episode_return"][0][0] is None
+
+
+def test_cli_paper_keeps_the_kl_of_accepted_steps_near_delta_to_the_end(tmp_path, capsys):
+    """--paper holds delta at 0.01: in the last 20% of updates the accepted steps' median KL is
+    above 0.3 delta (annealing would bound it by 0.2 delta there), and none exceeds delta."""
+    metrics = tmp_path / "m.json"
+    code, _, err = cli(capsys, "--paper", *TINY, "--total_timesteps", 20 * 128, "--quiet",
+                       "--metrics", metrics)
+    assert code == 0, err
+    data = json.loads(metrics.read_text())
+    kl, accepted = (np.asarray(data[k][0], float)[-4:] for k in ("kl", "line_search_accepted"))
+    assert accepted.all() and 0.3 * 0.01 < np.median(kl) and kl.max() <= 0.01, kl
 
 
 def test_cli_non_finite_training_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -115,12 +115,24 @@ RANGES = {  # [low, high] of every numeric field; larger sizes do not compile or
     "seed": (0, 2**31 - 3)}
 
 
-def make_config(env_name: str = "CartPole-v1", **overrides: Any) -> Config:
-    """Config for env_name: the defaults, then PRESETS[env_name], then overrides; validated."""
+# The paper's TRPO as its authors ran it: constant delta 0.01, raw rewards and observations, no
+# entropy bonus, and of a preset only the budget and batch. Advantages stay standardized per
+# batch, as Schulman's reference code (modular_rl, compute_advantage) did.
+PAPER = dict(max_kl=0.01, anneal_max_kl=False, normalize_rewards=False,
+             normalize_observations=False, entropy_coef=0.0, normalize_advantages=True)
+BATCH = ("num_envs", "num_steps", "total_timesteps", "vf_minibatches")
+
+
+def make_config(env_name: str = "CartPole-v1", paper: bool = False, **overrides: Any) -> Config:
+    """Config for env_name: the defaults, then PRESETS[env_name] (with paper=True: its budget and
+    batch, then PAPER), then overrides; validated."""
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ValueError(f"unknown Config field(s): {', '.join(sorted(unknown))}")
-    config = Config(env_name=env_name, **{**PRESETS.get(env_name, {}), **overrides})
+    preset = PRESETS.get(env_name, {})
+    if paper:
+        preset = {**{k: v for k, v in preset.items() if k in BATCH}, **PAPER}
+    config = Config(env_name=env_name, **{**preset, **overrides})
     validate_config(config)
     return config
 
@@ -824,6 +836,8 @@ def build_parser() -> argparse.ArgumentParser:
         shown = ",".join(map(str, default)) if kind is tuple else default
         add(f"--{field.name}", help=f"{comments[field.name]} (default: {shown})",
             type={bool: parse_bool, int: int, float: float, tuple: parse_sizes}[kind])
+    add("--paper", action="store_true", help="the paper's TRPO: " + ", ".join(
+        f"{k}={v}" for k, v in PAPER.items()) + ", and of a preset only the budget and batch")
     add("--seeds", type=int, default=1, help="seeds trained at once by vmap (default: 1)")
     add("--sweep", metavar="FIELD=v1,v2", help=f"vmap over values of one of {', '.join(SWEEPABLE)}")
     add("--eval", type=int, default=0, metavar="N", help="N deterministic episodes per seed, then "
@@ -854,12 +868,13 @@ def parse_args(argv: list[str] | None) -> tuple[Config | None, argparse.Namespac
             raise ValueError(f"--{flag} must be in [{low}, {high}], got {getattr(args, flag)}")
     check_paths(args)
     if args.load:
-        if explicit or args.sweep or args.seeds != 1 or args.save or args.metrics or args.plot:
+        if (explicit or args.paper or args.sweep or args.seeds != 1 or args.save or args.metrics
+                or args.plot):
             raise ValueError("--load evaluates a saved policy with the file's settings (--eval, "
-                             "--render); Config flags, --seeds, --sweep, --save, --metrics and "
-                             "--plot are for training")
+                             "--render); Config flags, --paper, --seeds, --sweep, --save, "
+                             "--metrics and --plot are for training")
         return None, args
-    config = make_config(**explicit)
+    config = make_config(paper=args.paper, **explicit)
     sweep = f"max_kl={config.max_kl!r}" if args.sweep is None else args.sweep
     field, equals, text = sweep.partition("=")
     if field in explicit and args.sweep is not None:
