@@ -942,15 +942,14 @@ def train_runs(config: Config, args: argparse.Namespace) -> tuple[TrainState, Me
     for start in range(0, updates, length):
         state, metrics = run(vals, state, np.int32(start))
         pieces.append(jax.device_get(metrics))
-        if not args.quiet:
-            last = lambda name: np.asarray(getattr(pieces[-1], name))[:, :, -1].mean()
+        if not args.quiet:  # the piece's last real update (the last piece may run past it)
             ended = min(start + length, updates)
-            steps = int(np.asarray(pieces[-1].env_steps)[0, 0, ended - start - 1])
-            returns = np.asarray(pieces[-1].episode_return)[:, :, ended - start - 1]
+            row = jax.tree.map(lambda x: x[:, :, ended - start - 1], pieces[-1])
+            returns = row.episode_return
             shown = f"{np.nanmean(returns):8.1f}" if np.isfinite(returns).any() else "       -"
-            print(f"update {ended:4d}/{updates}  steps {steps:9d}  return {shown}  kl "
-                  f"{last('kl'):.4f}  accepted {last('line_search_accepted'):.2f}  explained_var "
-                  f"{last('explained_variance'):.2f}", flush=True)
+            print(f"update {ended:4d}/{updates}  steps {int(row.env_steps[0, 0]):9d}  return "
+                  f"{shown}  kl {row.kl.mean():.4f}  accepted {row.line_search_accepted.mean():.2f}"
+                  f"  explained_var {row.explained_variance.mean():.2f}", flush=True)
     metrics = jax.tree.map(lambda *m: np.concatenate(m, 2)[:, :, :updates], *pieces)
     rate = updates * vals.size * args.seeds * config.num_envs * config.num_steps / (
         time.perf_counter() - clock)
