@@ -24,6 +24,10 @@ from brax import envs
 from gymnax.environments import spaces
 
 
+class BraxParams(NamedTuple):
+    max_steps_in_episode: int  # the time limit; trpo.run_episodes reads it too
+
+
 class BraxState(NamedTuple):
     brax: Any  # brax.envs.State of the bare env
     steps: jax.Array  # control steps in this episode
@@ -35,8 +39,7 @@ class BraxEnv:
 
     def __init__(self, name: str, backend: str = "spring", episode_length: int = 1000):
         self.env = envs.get_environment(name, backend=backend)  # no Brax wrappers
-        self.episode_length = episode_length
-        self.default_params = None
+        self.default_params = BraxParams(episode_length)
 
     def reset(self, key: jax.Array, params: Any = None) -> tuple[jax.Array, BraxState]:
         state = self.env.reset(key)
@@ -47,7 +50,8 @@ class BraxEnv:
         nxt = self.env.step(state.brax, action)
         steps = state.steps + 1
         terminated = nxt.done > 0.5
-        truncated = (steps >= self.episode_length) & ~terminated
+        limit = (params or self.default_params).max_steps_in_episode
+        truncated = (steps >= limit) & ~terminated
         done = terminated | truncated
         reset_obs, reset_state = self.reset(key)
         new_state = jax.tree.map(lambda r, s: jnp.where(done, r, s), reset_state,
