@@ -123,8 +123,8 @@ def cg_alone(config, repeats):
     agent = trpo.make_agent(config)
     s = trpo.init_train_state(agent, config, jax.random.PRNGKey(0))
     rollout = jax.jit(lambda k: trpo.rollout(agent, s.policy_params, s.critic.params, s.runner,
-                                             s.obs_stats, k, config))
-    _, transitions = rollout(jax.random.PRNGKey(1))
+                                             s.obs_stats, s.return_stats, k, config))
+    *_, transitions = rollout(jax.random.PRNGKey(1))
     obs = transitions.obs.reshape(-1, agent.obs_dim)
     theta, unravel = ravel_pytree(s.policy_params)
     rhs = jax.random.normal(jax.random.PRNGKey(2), theta.shape)

@@ -30,7 +30,7 @@ def profile(config: trpo.Config) -> dict:
     state = trpo.init_train_state(agent, config, jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)
     rollout = jax.jit(lambda s, k: trpo.rollout(agent, s.policy_params, s.critic.params, s.runner,
-                                                s.obs_stats, k, config)[1])
+                                                s.obs_stats, s.return_stats, k, config)[3])
     transitions = rollout(state, key)
 
     def batch_of(tr):

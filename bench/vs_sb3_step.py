@@ -69,8 +69,9 @@ def rollout_batch(env_name):
                               total_timesteps=N_ENVS * N_STEPS, seed=SEED)
     agent = trpo.make_agent(config)
     state = trpo.init_train_state(agent, config, jax.random.PRNGKey(SEED))
-    _, tr = trpo.rollout(agent, state.policy_params, state.critic.params, state.runner,
-                         state.obs_stats, jax.random.PRNGKey(SEED + 1), config)
+    *_, tr = trpo.rollout(agent, state.policy_params, state.critic.params, state.runner,
+                          state.obs_stats, state.return_stats, jax.random.PRNGKey(SEED + 1),
+                          config)
     adv, _ = trpo.gae(tr.reward, tr.value, tr.next_value, tr.terminated, tr.truncated,
                       config.gamma, config.gae_lambda)
     flat = lambda x: np.asarray(x).reshape(N_ENVS * N_STEPS, *x.shape[2:])
