@@ -553,7 +553,8 @@ def rollout(agent: Agent, policy_params: Any, value_params: Any, runner: EnvRunn
             obs_stats = update_running_stats(obs_stats, runner.obs)
         norm = lambda o: normalize(o, obs_stats, config.normalize_observations)
         act_key, env_key = jax.random.split(step_key)
-        dist = agent.policy.apply(policy_params, norm(runner.obs))
+        seen = norm(runner.obs)  # s_t as the policy sees it
+        dist = agent.policy.apply(policy_params, seen)
         action = sample(dist, act_key)
         obs, env_state, reward, terminated, truncated, info = step_envs(
             agent, runner.env_state, action, env_key)
@@ -565,7 +566,7 @@ def rollout(agent: Agent, policy_params: Any, value_params: Any, runner: EnvRunn
             return_stats = update_running_stats(return_stats, discounted[:, None])
             scaled = jnp.clip(reward / jnp.sqrt(return_stats.var[0] + 1e-8), -10.0, 10.0)
         final_obs = norm(flat_obs(info["final_observation"], config.num_envs))
-        out = (norm(runner.obs), action, scaled, terminated, truncated, log_prob(dist, action),
+        out = (seen, action, scaled, terminated, truncated, log_prob(dist, action),
                final_obs, jnp.where(done, ep_return, 0.0), jnp.where(done, ep_length, 0))
         reset = lambda x: jnp.where(done, 0, x).astype(x.dtype)
         runner = EnvRunner(env_state, obs, reset(ep_return), reset(ep_length), reset(discounted))
