@@ -6,8 +6,8 @@ IQM over seeds and the worst seed. TRPO trains through bench/brax_env.py (time l
 bootstrapped from the pre-reset observation), all seeds vmapped in one jit, on held-out seeds
 (key 1). PPO is `brax.training.agents.ppo.train` with its defaults (PPO below), and sb3 is
 sb3-contrib's TRPO with the zoo's MuJoCo setting (SB3 below), each one seed after another.
-"train s" is the wall clock of all seeds' training (compiles included, evaluation not). Rows are
-written to --out as each run ends.
+"train s" is the wall clock of all seeds' training (compiles included, evaluation not), and
+"wall s" that of the whole row (evaluation included). Rows are written to --out as each run ends.
 
     pip install -r requirements.txt -r bench/requirements.txt
     python bench/brax_table.py --steps 1000000 --seeds 4
@@ -157,26 +157,30 @@ def main():
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     rows = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    table_start = time.perf_counter()
     if not args.markdown:
         for name in args.envs.split(","):
             for algo, run in (("trpo", run_trpo), ("ppo", run_ppo), ("sb3", run_sb3)):
                 if algo not in args.algos.split(","):
                     continue
+                start = time.perf_counter()
                 row = run(name, args.backend, args.steps, args.seeds, args.episodes)
-                row.update(device=str(jax.devices()[0].device_kind), backend=args.backend,
-                           steps=args.steps)
+                row.update(wall_s=round(time.perf_counter() - start, 1), backend=args.backend,
+                           device=str(jax.devices()[0].device_kind), steps=args.steps)
                 rows[f"{name}/{algo}/{args.steps}"] = row
                 with open(args.out, "w") as f:
                     json.dump(rows, f, indent=1)
-                print(f"{name:12} {algo:5} {np.round(row['per_seed'], 1)} {row['train_s']} s",
-                      flush=True)
-    print("| env | algorithm | steps | seeds | IQM | worst seed | train s | device |")
-    print("|---|---|---|---|---|---|---|---|")
+                print(f"{name:12} {algo:5} {np.round(row['per_seed'], 1)} {row['train_s']} s"
+                      f" (row {row['wall_s']} s)", flush=True)
+        print(f"table wall {time.perf_counter() - table_start:.1f} s", flush=True)
+    print("| env | algorithm | steps | seeds | IQM | worst seed | train s | wall s | device |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for tag, row in rows.items():
         name, algo, steps = tag.split("/")
         print(f"| {name} ({row['backend']}) | {algo} | {int(steps):,} | {len(row['per_seed'])} | "
               f"{trpo.interquartile_mean(np.array(row['per_seed'])):.1f} | "
-              f"{min(row['per_seed']):.1f} | {row['train_s']} | {row['device']} |")
+              f"{min(row['per_seed']):.1f} | {row['train_s']} | {row.get('wall_s', '')} | "
+              f"{row['device']} |")
 
 
 if __name__ == "__main__":
