@@ -157,8 +157,8 @@ def main():
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     rows = json.load(open(args.out)) if os.path.exists(args.out) else {}
-    table_start = time.perf_counter()
     if not args.markdown:
+        table_start = time.perf_counter()
         for name in args.envs.split(","):
             for algo, run in (("trpo", run_trpo), ("ppo", run_ppo), ("sb3", run_sb3)):
                 if algo not in args.algos.split(","):
