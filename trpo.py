@@ -1,58 +1,30 @@
-"""trpo.py: Trust Region Policy Optimization in one jitted JAX function.
-
-Schulman, Levine, Moritz, Jordan, Abbeel. "Trust Region Policy Optimization", ICML 2015.
-Schulman, Moritz, Levine, Jordan, Abbeel. "High-Dimensional Continuous Control Using
-Generalized Advantage Estimation", ICLR 2016.
+"""trpo.py: Trust Region Policy Optimization (Schulman et al., ICML 2015) with generalized
+advantage estimation (Schulman et al., ICLR 2016), in one jitted JAX function.
 
 Sections follow the data: 1 config, 2 the copyable core (distributions, GAE, the trust-region
-step: only jax and chex, never Config), 3 networks, 4 rollout, 5 critic, 6 training,
+step: jax and chex only, never Config), 3 networks, 4 rollout, 5 critic, 6 training,
 7 evaluation, 8 the command line (`python trpo.py --help`), which nothing above uses.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-
-def temp_path(path: str) -> str:
-    """Where an output is written before it is renamed into place (section 8)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".tmp{os.getpid()}-{name}")
-
-
-def stop_on_signal(outputs: tuple[str, ...] = ()) -> None:
-    """Ctrl-C or SIGTERM at any moment: remove half-written outputs, one line, exit 130 or 143."""
-    def stop(signum: int, _frame: Any) -> None:
-        for path in outputs:
-            if os.path.exists(temp_path(path)):
-                os.remove(temp_path(path))
-        print(f"trpo.py: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
-        os._exit(128 + signum)  # at once, from any state; nothing needs saving
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
-
-
-if __name__ == "__main__":  # before JAX is imported, so that a signal while it loads is one line
-    stop_on_signal()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide XLA's C++ log lines
-
-import chex  # noqa: E402
-import flax.linen as nn  # noqa: E402
-import gymnax  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from jax.flatten_util import ravel_pytree  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+import chex
+import flax.linen as nn
+import gymnax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
 
 
 # ----------------------------------------------------------------------------- 1. Config
@@ -86,36 +58,25 @@ class Config:
 # Per-env overrides, applied by make_config. Budgets are the zoo's; each choice won a sweep on the
 # tuning seeds (key 0); the tables are in bench/RESULTS.md.
 PRESETS: dict[str, dict[str, Any]] = {
-    # obs normalization as the zoo; a stronger critic and max_kl 0.02 reach the flag sooner; an
-    # entropy bonus keeps exploring until it is found (64 tuning seeds: 2 failed without, 0 with)
+    # zoo's obs normalization; stronger critic, bigger steps, entropy bonus to find the flag
     "MountainCar-v0": dict(normalize_observations=True, max_kl=0.02, vf_epochs=20, vf_lr=3e-3,
                            entropy_coef=0.03),
     # gamma 0.9 as the zoo; small batches and a stronger critic learn sooner; reward scaling hurt
     "Pendulum-v1": dict(gamma=0.9, gae_lambda=0.95, num_envs=4, num_steps=256, init_log_std=-0.5,
                         vf_epochs=20, vf_lr=3e-3, normalize_rewards=False),
-    # obs normalization as the zoo; wide initial exploration (log std 0.75) and an entropy bonus
-    # against the action cost find the goal (64 tuning seeds: 2 failed without, 0 with)
+    # zoo's obs normalization; wide initial exploration and an entropy bonus beat the action cost
     "MountainCarContinuous-v0": dict(normalize_observations=True, total_timesteps=50_000,
                                      init_log_std=0.75, anneal_max_kl=False, entropy_coef=0.03),
     # bsuite: 32 envs give the first-step choice (an arm, a path) a less noisy gradient
     **{f"{name}-bsuite": dict(num_envs=32) for name in (
         "Catch", "DeepSea", "MemoryChain", "UmbrellaChain", "DiscountingChain", "SimpleBandit",
         "MNISTBandit")},
-    # one setting for all games, as the paper's for Atari: gymnax-blines' PPO batch and budget;
-    # an entropy bonus (policies collapsed without it); damping 0.01 (baselines' Atari: 1e-3)
+    # one setting for all games, as the paper's Atari: gymnax-blines' PPO batch and budget; an
+    # entropy bonus (policies collapsed without it); damping 0.01 (baselines' Atari: 1e-3)
     **{f"{game}-MinAtar": dict(num_envs=64, num_steps=128, vf_minibatches=8, cg_damping=0.01,
                                total_timesteps=10_000_000, entropy_coef=0.03)
        for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")},
 }
-RANGES = {  # [low, high] of every numeric field; larger sizes do not compile or fit in memory
-    "num_envs": (1, 2**16), "num_steps": (1, 2**16), "total_timesteps": (1, 2**31 - 1),
-    "gamma": (0, 1), "gae_lambda": (0, 1), "max_kl": (1e-12, 10), "cg_iters": (1, 1000),
-    "cg_damping": (0, 1e6), "cg_residual_tol": (0, 1), "line_search_steps": (1, 1000),
-    "line_search_shrink": (1e-6, 1), "vf_lr": (1e-12, 10), "vf_epochs": (1, 1000),
-    "vf_minibatches": (1, 2**20), "init_log_std": (-20, 20), "entropy_coef": (0, 100),
-    "seed": (0, 2**31 - 3)}
-
-
 # The paper's TRPO as its authors ran it: constant delta 0.01, raw rewards and observations, no
 # entropy bonus, and of a preset only the budget and batch. Advantages stay standardized per
 # batch, as Schulman's reference code (modular_rl, compute_advantage) did.
@@ -126,37 +87,38 @@ BATCH = ("num_envs", "num_steps", "total_timesteps", "vf_minibatches")
 
 def make_config(env_name: str = "CartPole-v1", paper: bool = False, **overrides: Any) -> Config:
     """Config for env_name: the defaults, then PRESETS[env_name] (with paper=True: its budget and
-    batch, then PAPER), then overrides; validated."""
+    batch, then PAPER), then overrides; checked by check_config."""
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ValueError(f"unknown Config field(s): {', '.join(sorted(unknown))}")
     preset = PRESETS.get(env_name, {})
     if paper:
         preset = {**{k: v for k, v in preset.items() if k in BATCH}, **PAPER}
-    config = Config(env_name=env_name, **{**preset, **overrides})
-    validate_config(config)
-    return config
+    return check_config(Config(env_name=env_name, **{**preset, **overrides}))
 
 
-def validate_config(config: Config) -> None:
-    """ValueError with a one-line message for a config that cannot run (traced fields pass)."""
-    for field in dataclasses.fields(Config)[1:]:
-        value, kind = getattr(config, field.name), type(field.default)
-        if isinstance(value, jax.core.Tracer):
-            continue
-        number = isinstance(value, int if kind is int else (int, float)) and type(value) is not bool
-        if not (type(value) is bool if kind is bool else kind is tuple or number):
-            raise ValueError(f"{field.name} must be of type {kind.__name__}, got {value!r}")
-        low, high = RANGES.get(field.name, (-math.inf, math.inf))
-        if number and not low <= value <= high:
-            raise ValueError(f"{field.name} must be in [{low}, {high}], got {value}")
-    sizes = config.hidden_sizes
-    if not 0 < len(sizes) <= 16 or not all(type(h) is int and 0 < h <= 8192 for h in sizes):
-        raise ValueError(f"hidden_sizes must be 1 to 16 integers in [1, 8192], got {sizes}")
-    batch = config.num_envs * config.num_steps
-    if batch % config.vf_minibatches or config.total_timesteps < batch or batch > 2**24:
-        raise ValueError(f"vf_minibatches={config.vf_minibatches} must divide num_envs*num_steps="
-                         f"{batch}, which must be at most total_timesteps and 2**24")
+def check_config(c: Config) -> Config:
+    """c, or a ValueError naming the first field of the wrong type or out of range: the values
+    that cannot run or would run silently wrong."""
+    for f in dataclasses.fields(Config):
+        v = getattr(c, f.name)
+        ok = {"float": type(v) in (int, float) and math.isfinite(v), "tuple[int, ...]": type(v)
+              is tuple and len(v) > 0 and all(type(h) is int and h > 0 for h in v)}
+        if not ok.get(f.type, type(v).__name__ == f.type):
+            raise ValueError(f"{f.name} must be a {f.type} (finite; sizes > 0), got {v!r}")
+    batch, positive = c.num_envs * c.num_steps, lambda x: x > 0
+    rules = [("num_envs", positive), ("num_steps", positive), ("max_kl", positive),
+             ("cg_iters", positive), ("line_search_steps", positive), ("vf_lr", positive),
+             ("vf_epochs", positive), ("cg_damping", lambda x: x >= 0), ("seed", lambda x: x >= 0),
+             ("cg_residual_tol", lambda x: x >= 0), ("entropy_coef", lambda x: x >= 0),
+             ("gamma", lambda x: 0 < x <= 1), ("gae_lambda", lambda x: 0 <= x <= 1),
+             ("line_search_shrink", lambda x: 0 < x < 1),
+             ("total_timesteps", lambda x: batch <= x < 2**31),  # env_steps is an int32
+             ("vf_minibatches", lambda x: x > 0 and batch % x == 0)]  # equal minibatches
+    for name, ok in rules:
+        if not ok(getattr(c, name)):
+            raise ValueError(f"{name}={getattr(c, name)} is out of range (check_config)")
+    return c
 
 
 # ============================== copyable core: first line ==============================
@@ -188,8 +150,10 @@ def mode(dist: Distribution) -> jax.Array:
 def log_prob(dist: Distribution, action: jax.Array) -> jax.Array:
     """log pi(a|s). Gaussian: sum_i -(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2."""
     if isinstance(dist, Categorical):
+        chex.assert_shape(action, dist.logits.shape[:-1])
         log_p = jax.nn.log_softmax(dist.logits)
         return jnp.take_along_axis(log_p, action[..., None].astype(jnp.int32), -1)[..., 0]
+    chex.assert_equal_shape([action, dist.mean])  # a [B] action against a [B, 1] mean broadcasts
     z = (action - dist.mean) * jnp.exp(-dist.log_std)
     return jnp.sum(-0.5 * z**2 - dist.log_std - HALF_LOG_2PI, -1)
 
@@ -419,66 +383,45 @@ class Agent(NamedTuple):
     obs_dim: int
     action_low: jax.Array | None  # Box envs only
     action_high: jax.Array | None
-    env_mesh: Any = None  # a 1-D jax.sharding.Mesh splitting the env batch, or None
 
 
-def make_agent(config: Config, env: Any = None, env_params: Any = None,
-               devices: int = 1) -> Agent:
-    """The env is gymnax.make(config.env_name), or any object with gymnax's interface.
-    devices > 1 splits the env batch over that many devices (SPMD through a 1-D mesh)."""
-    from gymnax.environments import spaces
+def make_agent(config: Config, env: Any = None, env_params: Any = None) -> Agent:
+    """The env is gymnax.make(config.env_name), or any object with gymnax's interface."""
+    from gymnax.environments.spaces import Box, Discrete
+    if env is None and config.env_name not in gymnax.registered_envs:
+        raise ValueError(f"unknown env {config.env_name!r}; valid: "
+                         f"{', '.join(gymnax.registered_envs)}")
     if env is None:
-        if config.env_name not in gymnax.registered_envs:
-            raise ValueError(f"unknown env {config.env_name!r}; valid: "
-                             f"{', '.join(gymnax.registered_envs)}")
-        try:  # eagerly, even under a trace: FourRooms and MetaMaze build their mazes with jnp
-            with jax.ensure_compile_time_eval():
-                env, env_params = gymnax.make(config.env_name)
-        except Exception as error:  # e.g. MNISTBandit-bsuite downloads MNIST when made
-            raise ValueError(f"gymnax could not make {config.env_name}: "
-                             f"{type(error).__name__}: {error}") from None
+        with jax.ensure_compile_time_eval():  # FourRooms and MetaMaze build mazes with jnp
+            env, env_params = gymnax.make(config.env_name)
     missing = [name for name in ("reset", "step", "action_space", "observation_space")
                if not callable(getattr(env, name, None))]
     if missing:
         raise ValueError(f"the env lacks gymnax's {', '.join(missing)}")
-    space, sizes = env.action_space(env_params), tuple(config.hidden_sizes)
-    obs_dim = max(1, math.prod(env.observation_space(env_params).shape))
-    if isinstance(space, spaces.Discrete):
-        policy, low, high = PolicyNetwork(int(space.n), True, sizes), None, None
-    elif isinstance(space, spaces.Box):
-        dim = max(1, math.prod(space.shape))
-        policy = PolicyNetwork(dim, False, sizes, config.init_log_std)
-        low, high = (jnp.broadcast_to(jnp.asarray(b, jnp.float32).reshape(-1), (dim,))
-                     for b in (space.low, space.high))
-    else:
-        raise ValueError(f"unsupported action space {type(space).__name__} in {config.env_name}")
-    mesh = None
-    if devices != 1:
-        if not 0 < devices <= jax.device_count() or config.num_envs % devices:
-            raise ValueError(f"devices={devices} must divide num_envs={config.num_envs} and be "
-                             f"at most the {jax.device_count()} available")
-        mesh = jax.make_mesh((devices,), ("envs",), devices=jax.devices()[:devices],
-                             axis_types=(jax.sharding.AxisType.Auto,))
-    return Agent(env, env_params, policy, ValueNetwork(sizes), obs_dim, low, high, mesh)
+    space, observations = env.action_space(env_params), env.observation_space(env_params)
+    for kind, s in (("action", space), ("observation", observations)):
+        if not isinstance(s, (Discrete, Box)):
+            raise ValueError(f"unsupported {kind} space {type(s).__name__} in {config.env_name}")
+    sizes, obs_dim = tuple(config.hidden_sizes), max(1, math.prod(observations.shape))
+    if isinstance(space, Discrete):
+        return Agent(env, env_params, PolicyNetwork(int(space.n), True, sizes),
+                     ValueNetwork(sizes), obs_dim, None, None)
+    dim = max(1, math.prod(space.shape))
+    low, high = (jnp.broadcast_to(jnp.asarray(b, jnp.float32).reshape(-1), (dim,))
+                 for b in (space.low, space.high))
+    return Agent(env, env_params, PolicyNetwork(dim, False, sizes, config.init_log_std),
+                 ValueNetwork(sizes), obs_dim, low, high)
 
 
 def env_actions(agent: Agent, action: jax.Array) -> jax.Array:
-    """Gaussian actions are clipped to [-1, 1] and rescaled to the env's [low, high]."""
+    """Gaussian actions are clipped to [-1, 1] and rescaled to the env's [low, high]; where a
+    bound is infinite, the action passes through unscaled."""
     if agent.action_low is None:
         return action
-    shape = agent.env.action_space(agent.env_params).shape
-    unit = jnp.clip(action, -1.0, 1.0)
-    scaled = agent.action_low + 0.5 * (unit + 1.0) * (agent.action_high - agent.action_low)
-    return scaled.reshape(action.shape[:1] + shape)
-
-
-def shard_envs(agent: Agent, tree: Any) -> Any:
-    """Split the env axis of every leaf over agent.env_mesh (XLA then turns batch means into
-    all-reduces). A no-op without a mesh."""
-    if agent.env_mesh is None:
-        return tree
-    sharding = NamedSharding(agent.env_mesh, PartitionSpec("envs"))
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+    low, high = agent.action_low, agent.action_high
+    scaled = low + 0.5 * (jnp.clip(action, -1.0, 1.0) + 1.0) * (high - low)
+    shape = action.shape[:1] + agent.env.action_space(agent.env_params).shape
+    return jnp.where(jnp.isfinite(high - low), scaled, action).reshape(shape)
 
 
 class RunningStats(NamedTuple):
@@ -570,7 +513,7 @@ def rollout(agent: Agent, policy_params: Any, value_params: Any, runner: EnvRunn
                final_obs, jnp.where(done, ep_return, 0.0), jnp.where(done, ep_length, 0))
         reset = lambda x: jnp.where(done, 0, x).astype(x.dtype)
         runner = EnvRunner(env_state, obs, reset(ep_return), reset(ep_length), reset(discounted))
-        return (shard_envs(agent, runner), obs_stats, return_stats), out
+        return (runner, obs_stats, return_stats), out
 
     (runner, obs_stats, return_stats), (obs, action, reward, term, trunc, logp, final_obs, ret,
                                         length) = jax.lax.scan(
@@ -659,7 +602,7 @@ def init_train_state(agent: Agent, config: Config, key: jax.Array) -> TrainState
     critic = CriticState(value_params, optax.adam(config.vf_lr).init(value_params))
     unit = lambda dim: RunningStats(jnp.zeros(dim), jnp.ones(dim), jnp.array(1e-4))
     zeros = jnp.zeros(config.num_envs)
-    runner = shard_envs(agent, EnvRunner(env_state, obs, zeros, zeros.astype(jnp.int32), zeros))
+    runner = EnvRunner(env_state, obs, zeros, zeros.astype(jnp.int32), zeros)
     return TrainState(agent.policy.init(policy_key, obs), critic, runner, unit(agent.obs_dim),
                       unit(1), key, jnp.array(0), jnp.array(jnp.nan), jnp.array(jnp.nan))
 
@@ -702,65 +645,48 @@ def num_updates(config: Config) -> int:
     return config.total_timesteps // (config.num_envs * config.num_steps)
 
 
-def make_train(config: Config, env: Any = None, env_params: Any = None,
-               devices: int = 1) -> Callable:
-    """Returns train(key) -> (final TrainState, Metrics with a leading [num_updates] axis): one
-    lax.scan over update_step, so jax.jit(train) compiles once and jax.jit(jax.vmap(train))(keys)
-    trains many seeds. env: any gymnax-style env (default: gymnax.make(config.env_name))."""
-    agent = make_agent(config, env, env_params, devices)
+def train_updates(agent: Agent, config: Config, state: TrainState,
+                  length: int) -> tuple[TrainState, Metrics]:
+    """`length` iterations of update_step in one lax.scan. The training loop: make_train runs
+    the whole budget in one call, the command line in pieces between progress lines; updates
+    past the budget (in the last piece) change nothing."""
+    budget = num_updates(config) * config.num_envs * config.num_steps
 
-    def train(key: jax.Array) -> tuple[TrainState, Metrics]:
-        return jax.lax.scan(lambda state, _: update_step(agent, config, state),
-                            init_train_state(agent, config, key), length=num_updates(config))
-    return train
-
-
-SWEEPABLE = ("gamma", "gae_lambda", "max_kl", "cg_damping", "line_search_shrink", "vf_lr",
-             "init_log_std", "entropy_coef")
+    def body(state: TrainState, _):
+        new, metrics = update_step(agent, config, state)
+        return jax.tree.map(lambda a, b: jnp.where(state.env_steps < budget, a, b), new,
+                            state), metrics
+    return jax.lax.scan(body, state, length=length)
 
 
-def make_sweep_train(config: Config, field: str, devices: int = 1) -> Callable:
-    """Returns train(value, key): make_train with config.<field> = value as a traced float, so
-    jax.vmap over values runs a whole hyperparameter sweep as one jitted program."""
-    if field not in SWEEPABLE:
-        raise ValueError(f"cannot sweep {field!r}; sweepable fields: {', '.join(SWEEPABLE)}")
-    return lambda value, key: make_train(dataclasses.replace(config, **{field: value}),
-                                         devices=devices)(key)
+def make_train(config: Config, env: Any = None, env_params: Any = None) -> Callable:
+    """Returns train(key) -> (final TrainState, Metrics with a leading [num_updates] axis), so
+    jax.jit(train) compiles once and jax.jit(jax.vmap(train))(keys) trains many seeds.
+    env: any gymnax-style env (default: gymnax.make(config.env_name))."""
+    agent = make_agent(config, env, env_params)
+    return lambda key: train_updates(agent, config, init_train_state(agent, config, key),
+                                     num_updates(config))
 
 
 # ----------------------------------------------------------------------------- 7. Evaluation
-def run_episodes(agent: Agent, act: Callable, key: jax.Array, num_episodes: int) -> tuple:
-    """num_episodes episodes in parallel, each step's action act(obs, step_key), for the env's
-    step limit. Returns env states, rewards and an alive mask, each [max_steps, num_episodes]."""
-    max_steps = int(getattr(agent.env_params, "max_steps_in_episode", 1000))
+def evaluate(agent: Agent, config: Config, policy_params: Any, obs_stats: RunningStats,
+             key: jax.Array, num_episodes: int = 10) -> jax.Array:
+    """Returns of num_episodes deterministic episodes (argmax or mean action), run in parallel
+    for the env's step limit."""
     reset_key, step_key = jax.random.split(key)
     obs, env_state = jax.vmap(agent.env.reset, in_axes=(0, None))(
         jax.random.split(reset_key, num_episodes), agent.env_params)
 
     def step(carry, k):
         env_state, obs, alive = carry
-        obs, next_state, reward, term, trunc, _ = step_envs(agent, env_state, act(obs, k), k)
-        return (next_state, obs, alive * (1.0 - (term | trunc))), (env_state, reward, alive)
+        seen = normalize(obs, obs_stats, config.normalize_observations)
+        action = mode(agent.policy.apply(policy_params, seen))
+        obs, env_state, reward, term, trunc, _ = step_envs(agent, env_state, action, k)
+        return (env_state, obs, alive * (1.0 - (term | trunc))), reward * alive
 
+    max_steps = int(getattr(agent.env_params, "max_steps_in_episode", 1000))
     init = (env_state, flat_obs(obs, num_episodes), jnp.ones(num_episodes))
-    _, (states, rewards, alive) = jax.lax.scan(step, init, jax.random.split(step_key, max_steps))
-    return states, rewards, alive
-
-
-def deterministic_episodes(agent: Agent, config: Config, policy_params: Any,
-                           obs_stats: RunningStats, key: jax.Array, num_episodes: int) -> tuple:
-    """run_episodes with the mode of pi (argmax / mean action)."""
-    norm = lambda obs: normalize(obs, obs_stats, config.normalize_observations)
-    return run_episodes(agent, lambda obs, _: mode(agent.policy.apply(policy_params, norm(obs))),
-                        key, num_episodes)
-
-
-def evaluate(agent: Agent, config: Config, policy_params: Any, obs_stats: RunningStats,
-             key: jax.Array, num_episodes: int = 10) -> jax.Array:
-    """Returns of num_episodes deterministic episodes, run in parallel."""
-    _, rewards, alive = deterministic_episodes(agent, config, policy_params, obs_stats, key,
-                                               num_episodes)
-    return jnp.sum(rewards * alive, 0)
+    return jax.lax.scan(step, init, jax.random.split(step_key, max_steps))[1].sum(0)
 
 
 def evaluate_seeds(agent: Agent, config: Config, policy_params: Any, obs_stats: RunningStats,
@@ -803,371 +729,197 @@ def format_summary(s: dict[str, Any]) -> str:
             f"mean {s['mean']:.1f}, worst seed {s['worst']:.1f}{below}")
 
 
-# ----------------------------------------------------------------------------- 8. Command line
-DRAWABLE = ("Acrobot-v1", "CartPole-v1", "Pendulum-v1", "MountainCar-v0",
-            "MountainCarContinuous-v0", "Catch-bsuite", "Asterix-MinAtar", "Breakout-MinAtar",
-            "Freeway-MinAtar", "Seaquest-MinAtar", "SpaceInvaders-MinAtar", "Pong-misc",
-            "PointRobot-misc", "MetaMaze-misc", "FourRooms-misc")  # gymnax's Visualizer
-OUTPUTS = {"save": "", "metrics": (".json", ".csv"), "plot": ".png", "render": ".gif"}
-
-
-def parse_bool(text: str) -> bool:
-    if text.lower() not in ("true", "false", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() in ("true", "1")
-
-
-def parse_sizes(text: str) -> tuple[int, ...]:
-    if not all(s.strip().isdigit() for s in text.split(",")):
-        raise argparse.ArgumentTypeError(f"expected integers like 64,64, got {text!r}")
-    return tuple(int(s) for s in text.split(","))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A flag for every Config field, its help the field's comment, and the run's options."""
-    import inspect
-    import re
-    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(Config), re.M))
-    parser = argparse.ArgumentParser(
-        prog="trpo.py", exit_on_error=False, allow_abbrev=False,
-        description=f"TRPO + GAE on gymnax. Presets override the defaults for {len(PRESETS)} envs.")
-    add = parser.add_argument
-    add("--env", dest="env_name", help=f"gymnax env name (default: {Config.env_name})")
-    for field in dataclasses.fields(Config)[1:]:
-        kind, default = type(field.default), field.default
-        shown = ",".join(map(str, default)) if kind is tuple else default
-        add(f"--{field.name}", help=f"{comments[field.name]} (default: {shown})",
-            type={bool: parse_bool, int: int, float: float, tuple: parse_sizes}[kind])
-    add("--paper", action="store_true", help="the paper's TRPO: " + ", ".join(
-        f"{k}={v}" for k, v in PAPER.items()) + ", and of a preset only the budget and batch")
-    add("--seeds", type=int, default=1, help="seeds trained at once by vmap (default: 1)")
-    add("--sweep", metavar="FIELD=v1,v2", help=f"vmap over values of one of {', '.join(SWEEPABLE)}")
-    add("--eval", type=int, default=0, metavar="N", help="N deterministic episodes per seed, then "
-        "the IQM, its bootstrap interval, the worst and failed seeds (--load: 10)")
-    add("--devices", type=int, default=1, help="split num_envs over N devices (default: 1)")
-    add("--save", metavar="PATH", help="save the trained policies and obs statistics (msgpack)")
-    add("--load", metavar="PATH", help="load a --save file to --eval or --render, not to train")
-    add("--metrics", metavar="PATH", help="per-update metrics and eval returns (.json or .csv)")
-    add("--plot", metavar="PATH.png", help="learning curves")
-    add("--render", metavar="PATH.gif", help="one deterministic episode of the first seed")
-    add("--quiet", action="store_true", help="no progress lines")
-    return parser
-
-
-def parse_args(argv: list[str] | None) -> tuple[Config | None, argparse.Namespace]:
-    """Flags -> a validated Config (None with --load: the file's) and the run's options.
-    ValueError with a one-line message for anything that cannot run."""
-    try:
-        args, unknown = build_parser().parse_known_args(argv)
-    except (argparse.ArgumentError, argparse.ArgumentTypeError) as error:
-        raise ValueError(str(error)) from None
-    if unknown:
-        raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
-    explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                if getattr(args, f.name) is not None}
-    for flag, low, high in (("seeds", 1, 4096), ("eval", 0, 10_000), ("devices", 1, 4096)):
-        if not low <= getattr(args, flag) <= high:
-            raise ValueError(f"--{flag} must be in [{low}, {high}], got {getattr(args, flag)}")
-    check_paths(args)
-    if args.load:
-        if (explicit or args.paper or args.sweep or args.seeds != 1 or args.save or args.metrics
-                or args.plot):
-            raise ValueError("--load evaluates a saved policy with the file's settings (--eval, "
-                             "--render); Config flags, --paper, --seeds, --sweep, --save, "
-                             "--metrics and --plot are for training")
-        return None, args
-    config = make_config(paper=args.paper, **explicit)
-    sweep = f"max_kl={config.max_kl!r}" if args.sweep is None else args.sweep
-    field, equals, text = sweep.partition("=")
-    if field in explicit and args.sweep is not None:
-        raise ValueError(f"--{field} and --sweep {sweep} both set {field}; keep one")
-    try:
-        values = [float(v) for v in text.split(",")] if equals else []
-    except ValueError:
-        values = []
-    if not values:
-        raise ValueError(f"--sweep expects FIELD=v1,v2,..., got {sweep!r}")
-    make_sweep_train(config, field)  # checks the field
-    for value in values:
-        validate_config(dataclasses.replace(config, **{field: value}))
-    args.sweep = (field, values)
-    return config, args
-
-
-def check_paths(args: argparse.Namespace) -> None:
-    """Every output can be written, and no two files are one."""
-    seen: dict[str, str] = {}
-    for flag in ("load", *OUTPUTS):
-        path = getattr(args, flag)
-        if path is None:
-            continue
-        real = os.path.realpath(path)
-        if real in seen:
-            raise ValueError(f"--{seen[real]} and --{flag} name the same file {path!r}")
-        seen[real], folder = flag, os.path.dirname(real)
-        if flag == "load":
-            continue
-        if not path or path.endswith(os.sep) or os.path.isdir(path) or not path.endswith(
-                OUTPUTS[flag]):
-            ends = " or ".join(OUTPUTS[flag]) if flag == "metrics" else OUTPUTS[flag]
-            raise ValueError(f"--{flag} {path!r}: expected a file path ending in {ends}")
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            raise ValueError(f"--{flag} {path!r}: the folder {folder} is missing or not writable")
-
-
-def train_runs(config: Config, args: argparse.Namespace) -> tuple[TrainState, Metrics]:
-    """The [values, seeds] runs as update_step in a jitted scan of ~1/20 of the updates, called
-    from the host with a progress line between calls. No callback inside, so JAX's persistent
-    compile cache serves the program the next time."""
-    field, values = args.sweep
-    updates = num_updates(config)
-    length = -(-updates // 20)
-
-    def setup(value: jax.Array) -> tuple[Agent, Config]:
-        swept = dataclasses.replace(config, **{field: value})
-        return make_agent(swept, devices=args.devices), swept
-
-    def piece(value: jax.Array, state: TrainState, start: jax.Array):
-        agent, swept = setup(value)
-
-        def body(state: TrainState, index: jax.Array):  # updates past the last one change nothing
-            new, metrics = update_step(agent, swept, state)
-            return jax.tree.map(lambda a, b: jnp.where(index < updates, a, b), new, state), metrics
-        return jax.lax.scan(body, state, start + jnp.arange(length))
-
-    init = jax.jit(jax.vmap(jax.vmap(lambda v, k: init_train_state(*setup(v), k), (None, 0)),
-                            (0, None)))
-    vals = jnp.asarray(values, jnp.float32)
-    clock = time.perf_counter()
-    state = init(vals, jax.random.split(jax.random.PRNGKey(config.seed), args.seeds))
-    run = jax.jit(jax.vmap(jax.vmap(piece, (None, 0, None)), (0, 0, None))).lower(
-        vals, state, np.int32(0)).compile()
-    compile_s, clock, pieces = time.perf_counter() - clock, time.perf_counter(), []
-    for start in range(0, updates, length):
-        state, metrics = run(vals, state, np.int32(start))
-        pieces.append(jax.device_get(metrics))
-        if not args.quiet:  # the piece's last real update (the last piece may run past it)
-            ended = min(start + length, updates)
-            row = jax.tree.map(lambda x: x[:, :, ended - start - 1], pieces[-1])
-            returns = row.episode_return
-            shown = f"{np.nanmean(returns):8.1f}" if np.isfinite(returns).any() else "       -"
-            print(f"update {ended:4d}/{updates}  steps {int(row.env_steps[0, 0]):9d}  return "
-                  f"{shown}  kl {row.kl.mean():.4f}  accepted {row.line_search_accepted.mean():.2f}"
-                  f"  explained_var {row.explained_variance.mean():.2f}", flush=True)
-    metrics = jax.tree.map(lambda *m: np.concatenate(m, 2)[:, :, :updates], *pieces)
-    rate = updates * vals.size * args.seeds * config.num_envs * config.num_steps / (
-        time.perf_counter() - clock)
-    print(f"compile {compile_s:.1f} s, run {time.perf_counter() - clock:.1f} s "
-          f"({rate:,.0f} steps/s)", flush=True)
-    return jax.device_get(state), metrics
-
-
-def write_file(path: str, write: Callable[[str], Any]) -> None:
-    """write(a temporary path), then rename it to path: readers see the old file or the new one."""
-    try:
-        write(temp_path(path))
-        os.replace(temp_path(path), path)
-    finally:
-        if os.path.exists(temp_path(path)):
-            os.remove(temp_path(path))
-
-
 def save_policy(path: str, config: Config, policy_params: Any, obs_stats: RunningStats) -> None:
-    """What evaluation needs, [runs] each: the Config, the policies, the observation statistics."""
+    """The Config, the policies and the observation statistics ([runs] each) as msgpack, written
+    in place: into the file a symlink names, never over a device or a FIFO (see parse_args)."""
     from flax import serialization
-    payload = {"config": {**dataclasses.asdict(config), "hidden_sizes": list(config.hidden_sizes)},
-               "policy_params": jax.tree.map(np.asarray, policy_params),
-               "obs_stats": {k: np.asarray(v) for k, v in obs_stats._asdict().items()}}
-    data = serialization.msgpack_serialize(payload)
-    write_file(path, lambda temp: Path(temp).write_bytes(data))
+    arrays = jax.tree.map(np.asarray, {"policy_params": policy_params,
+                                       "obs_stats": obs_stats._asdict()})  # msgpack: no tuples
+    saved = {**dataclasses.asdict(config), "hidden_sizes": list(config.hidden_sizes)}
+    with open(path, "wb") as f:
+        f.write(serialization.msgpack_serialize({"config": saved, **arrays}))
 
 
 def load_policy(path: str) -> tuple[Config, Any, RunningStats]:
-    """Read a --save file (msgpack: data only, so loading runs no code). ValueError with one line
-    if it is unreadable, corrupt, non-finite or does not match its own Config."""
+    """Read a save_policy file (msgpack is data only: loading runs no code); a ValueError with one
+    line if it is unreadable, corrupt, non-finite or does not match its own Config."""
     from flax import serialization
     try:
         with open(path, "rb") as f:
             raw = serialization.msgpack_restore(f.read())
-        saved = {k: v.item() if hasattr(v, "item") else v for k, v in raw["config"].items()}
-        sizes = saved["hidden_sizes"]
-        saved["hidden_sizes"] = tuple(sizes.values() if isinstance(sizes, dict) else sizes)
-        config = make_config(**saved)
-        agent, runs = make_agent(config), len(raw["obs_stats"]["count"])
-        template = jax.eval_shape(jax.vmap(lambda k: (lambda s: (s.policy_params, s.obs_stats))(
-            init_train_state(agent, config, k))), jax.random.split(jax.random.PRNGKey(0), runs))
+        config = make_config(**{**raw["config"], "hidden_sizes": tuple(raw["config"][
+            "hidden_sizes"])})
+        agent, keys = make_agent(config), jax.random.split(jax.random.PRNGKey(0),
+                                                           len(raw["obs_stats"]["count"]))
+        state = jax.eval_shape(jax.vmap(lambda k: init_train_state(agent, config, k)), keys)
+        template = (state.policy_params, state.obs_stats)
         loaded = serialization.from_state_dict(template, {"0": raw["policy_params"],
                                                           "1": raw["obs_stats"]})
-        for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(template)):
-            if np.shape(got) != want.shape or np.asarray(got).dtype != want.dtype:
-                raise ValueError(f"an array {np.asarray(got).dtype}{list(np.shape(got))} where "
-                                 f"its config needs {want.dtype}{list(want.shape)}")
-            if not np.isfinite(got).all():
-                raise ValueError("non-finite numbers")
+        if any(np.shape(x) != t.shape or np.asarray(x).dtype != t.dtype or not np.isfinite(x).all()
+               for x, t in zip(jax.tree.leaves(loaded), jax.tree.leaves(template))):
+            raise ValueError("arrays that are non-finite or do not match its config")
     except Exception as error:
         raise ValueError(f"cannot load {path}: {type(error).__name__}: {error}") from None
     return config, *loaded
 
 
-def non_finite(tree: Any) -> list[str]:
-    """The paths of the float leaves of tree that hold NaN or inf."""
-    return [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(tree)
-            if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.isfinite(x).all()]
+# ----------------------------------------------------------------------------- 8. Command line
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]:
+    """Flags -> (options, Config, the --load file's (policies, obs statistics) or None), or a
+    one-line ValueError for anything that cannot run, before any training."""
+    import inspect
+    import re
+    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(Config), re.M))
+    add = (parser := argparse.ArgumentParser("trpo.py", allow_abbrev=False,
+                                             exit_on_error=False)).add_argument
+    add("--env", dest="env_name", default=Config.env_name, help="gymnax env (default: %(default)s)")
+    types = {"int": int, "float": float, "tuple[int, ...]": lambda s: tuple(map(int, s.split(","))),
+             "bool": lambda s: ("false", "true").index(s.lower()) == 1}
+    for f in dataclasses.fields(Config)[1:]:
+        add(f"--{f.name}", type=types[f.type], help=f"{comments[f.name]} (default: {f.default})")
+    add("--paper", action="store_true", help="the paper's TRPO: " + ", ".join(
+        f"{k}={v}" for k, v in PAPER.items()) + ", and of a preset only the budget and batch")
+    add("--seeds", type=int, default=1, help="seeds trained at once by vmap (default: 1)")
+    add("--devices", type=int, default=1, help="split the seeds over N devices (default: 1)")
+    add("--eval", type=int, default=0, metavar="N", help="N deterministic episodes per seed, then "
+        "the IQM, its bootstrap interval, the worst and failed seeds (--load: 10)")
+    add("--save", metavar="PATH.msgpack", help="save the policies and observation statistics")
+    add("--load", metavar="PATH.msgpack", help="evaluate a --save file instead of training")
+    add("--metrics", metavar="PATH.json", help="per-update metrics and eval returns")
+    add("--plot", metavar="PATH.png", help="learning curves")
+    add("--quiet", action="store_true", help="no progress lines")
+    args, unknown = parser.parse_known_args(argv)  # argparse.ArgumentError for a bad value
+    if unknown:
+        raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
+    explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)[1:]
+                if getattr(args, f.name) is not None}
+    if args.seeds < 1 or args.eval < 0 or not 0 < args.devices <= jax.device_count() or (
+            args.seeds % args.devices):
+        raise ValueError(f"--seeds {args.seeds} must be >= 1 and a multiple of --devices "
+                         f"{args.devices} (of {jax.device_count()}); --eval {args.eval} >= 0")
+    for flag, suffix in {"save": ".msgpack", "metrics": ".json", "plot": ".png"}.items():
+        path = getattr(args, flag)  # it may replace a regular file only, written in place
+        exists = path is not None and os.path.lexists(path)
+        if path is not None and (not path.endswith(suffix) or exists and not os.path.isfile(path)
+                                 or not os.access(path if exists else os.path.dirname(
+                                     os.path.abspath(path)), os.W_OK)):
+            raise ValueError(f"--{flag} {path!r}: expected a writable {suffix} path in a folder "
+                             "that exists; if it exists, a regular file")
+    if args.load and (explicit or args.paper or args.seeds > 1 or args.save or args.metrics
+                      or args.plot):
+        raise ValueError("--load takes only --eval, --devices and --quiet: the file holds the rest")
+    config, *loaded = load_policy(args.load) if args.load else (
+        make_config(args.env_name, args.paper, **explicit),)
+    make_agent(config)  # an unknown env: one line
+    return args, config, loaded
 
 
-def write_metrics(path: str, metrics: Metrics, runs: list[dict[str, Any]]) -> None:
-    """Per-update metrics [runs, updates] as .json (null for NaN: no episode ended yet) or .csv;
-    runs[i] labels run i and holds its eval return, if any."""
-    import csv
-    import json
-    arrays = {name: np.asarray(value) for name, value in metrics._asdict().items()}
+def train_runs(config: Config, args: argparse.Namespace) -> tuple[TrainState, Metrics]:
+    """args.seeds runs: init_train_state, then train_updates (make_train's loop) in jitted pieces
+    of ~1/20 of the updates, with a progress line between them. No callback inside, so JAX's
+    persistent compile cache serves the program the next time."""
+    agent, updates = make_agent(config), num_updates(config)
+    length, keys = -(-updates // 20), jax.random.split(jax.random.PRNGKey(config.seed), args.seeds)
+    if args.devices > 1:  # seeds are independent: each device trains its share, never talking
+        mesh = jax.make_mesh((args.devices,), ("seeds",), devices=jax.devices()[:args.devices])
+        keys = jax.device_put(keys, jax.sharding.NamedSharding(mesh, jax.P("seeds")))
 
-    def write(temp: str) -> None:
-        with open(temp, "w", newline="") as f:
-            if path.endswith(".json"):
-                strict = lambda v: np.where(np.isfinite(v), v.astype(object), None).tolist()
-                return json.dump({"runs": runs, **{k: strict(v) for k, v in arrays.items()}}, f)
-            writer = csv.writer(f)
-            writer.writerow([*runs[0], "update", *arrays])
-            for i, labels in enumerate(runs):
-                for u in range(arrays["env_steps"].shape[1]):
-                    writer.writerow([*labels.values(), u, *(v[i, u].item() for v in
-                                                            arrays.values())])
-    write_file(path, write)
+    def piece(state: TrainState) -> tuple[TrainState, Metrics]:
+        return train_updates(agent, config, state, length)
+
+    clock = time.perf_counter()
+    state = jax.jit(jax.vmap(lambda key: init_train_state(agent, config, key)))(keys)
+    run = jax.jit(jax.vmap(piece)).lower(state).compile()
+    compile_s, clock, pieces = time.perf_counter() - clock, time.perf_counter(), []
+    for start in range(0, updates, length):
+        state, metrics = run(state)
+        pieces.append(jax.device_get(metrics))
+        end = min(start + length, updates)  # the last piece may run past the budget
+        row = jax.tree.map(lambda x: x[:, end - start - 1], pieces[-1])
+        ret = row.episode_return  # NaN until an episode ends
+        shown = f"{np.nanmean(ret):8.1f}" if np.isfinite(ret).any() else "       -"
+        if not args.quiet:
+            print(f"update {end:4d}/{updates}  steps {int(row.env_steps[0]):9d}  return {shown}  "
+                  f"kl {row.kl.mean():.4f}  accepted {row.line_search_accepted.mean():.2f}  "
+                  f"explained_var {row.explained_variance.mean():.2f}", flush=True)
+    rate = updates * args.seeds * config.num_envs * config.num_steps / (
+        time.perf_counter() - clock)
+    print(f"compile {compile_s:.1f} s, run {time.perf_counter() - clock:.1f} s "
+          f"({rate:,.0f} steps/s)", flush=True)
+    return state, jax.tree.map(lambda *m: np.concatenate(m, 1)[:, :updates], *pieces)
 
 
-def plot_curves(path: str, curves: dict[str, Metrics], title: str) -> None:
-    """Mean +- std over seeds of the episode return against env steps; metrics [seeds, updates]."""
+def plot_curves(path: str, metrics: Metrics, title: str) -> None:
+    """Mean +- std over seeds of the episode return against env steps."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    returns = np.asarray(metrics.episode_return, np.float64)
+    ended, steps = np.isfinite(returns).any(0), metrics.env_steps[0]  # NaN: none ended yet
+    mean, std = np.nanmean(returns[:, ended], 0), np.nanstd(returns[:, ended], 0)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, metrics in curves.items():
-        returns = np.asarray(metrics.episode_return, np.float64)  # NaN before any episode ended
-        ended = np.isfinite(returns).any(0)
-        mean, std = np.nanmean(returns[:, ended], 0), np.nanstd(returns[:, ended], 0)
-        ax.plot(metrics.env_steps[0, ended], mean, label=label)
-        ax.fill_between(metrics.env_steps[0, ended], mean - std, mean + std, alpha=0.25)
-    ax.set(xlabel="env steps", ylabel="episode return", title=title)
-    ax.legend()
-    fig.tight_layout()
-    write_file(path, lambda temp: fig.savefig(temp, dpi=120))
+    ax.plot(steps[ended], mean)
+    ax.fill_between(steps[ended], mean - std, mean + std, alpha=0.25)
+    ax.set(xlabel="env steps", ylabel=f"episode return ({len(returns)} seeds)", title=title)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def render_gif(path: str, agent: Agent, config: Config, policy_params: Any,
-               obs_stats: RunningStats) -> int:
-    """One deterministic episode drawn by gymnax's Visualizer into a GIF; returns its length."""
-    for name in ("SDL_AUDIODRIVER", "SDL_VIDEODRIVER"):
-        os.environ.setdefault(name, "dummy")  # gymnax draws classic control through pygame
-    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-    import matplotlib
-    matplotlib.use("Agg")
-    from gymnax.visualize import Visualizer
-    states, rewards, alive = jax.device_get(jax.jit(lambda p, s: deterministic_episodes(
-        agent, config, p, s, jax.random.PRNGKey(config.seed + 2), 1))(policy_params, obs_stats))
-    length = int(alive[:, 0].sum())
-    frames = [jax.tree.map(lambda x: x[t, 0], states) for t in range(length)]
-    visualizer = Visualizer(agent.env, agent.env_params, frames, np.cumsum(rewards[:length, 0]))
-    write_file(path, visualizer.animate)
-    return length
-
-
-def run(config: Config | None, args: argparse.Namespace) -> None:
-    """Train (or --load), then the outputs. ValueError with a one-line message when a run
-    cannot be used."""
-    if args.load:
-        config, policy_params, obs_stats = load_policy(args.load)
-        args.sweep, args.eval = ("max_kl", [config.max_kl]), args.eval or 10
-    if args.render and config.env_name not in DRAWABLE:
-        raise ValueError(f"--render: gymnax cannot draw {config.env_name}; it draws "
-                         f"{', '.join(DRAWABLE)}")
-    agent = make_agent(config, devices=args.devices)
-    (field, values), seeds = args.sweep, len(obs_stats.count) if args.load else args.seeds
-    labels = [f"{field}={v:g}" if len(values) > 1 or field != "max_kl" else "" for v in values]
-    runs = [{"seed": config.seed, "seed_index": s, **({field: v} if label else {})}
-            for v, label in zip(values, labels) for s in range(seeds)]
-    if not args.load:
-        print(f"TRPO on {config.env_name}: {len(values)} value(s) x {seeds} seed(s) x "
-              f"{num_updates(config)} updates x {config.num_envs * config.num_steps} steps",
-              flush=True)
-        state, metrics = train_runs(config, args)
-        bad = non_finite(state)
-        if bad:
-            raise ValueError(f"training went non-finite ({', '.join(bad[:3])}); nothing is "
-                             "written (lower --vf_lr or --max_kl)")
-        flat = lambda tree: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
-        metrics, policy_params, obs_stats = flat((metrics, state.policy_params, state.obs_stats))
-        for i, label in enumerate(labels):
-            final = metrics.episode_return[i * seeds:(i + 1) * seeds, -1]
-            accepted = metrics.line_search_accepted[i * seeds:(i + 1) * seeds].mean()
-            print(f"{label + ': ' if label else ''}final training return {np.nanmean(final):.1f} "
-                  f"over {seeds} seed(s) [{', '.join(f'{r:.1f}' for r in final)}], line-search "
-                  f"acceptance {accepted:.2f}")
-    if args.save:
-        save_policy(args.save, config, policy_params, obs_stats)
-        print(f"saved {len(runs)} policies to {args.save}")
-    if args.eval:
-        returns = evaluate_seeds(agent, config, policy_params, obs_stats, args.eval)
-        for i, label in enumerate(labels):
-            per_seed = returns[i * seeds:(i + 1) * seeds]
-            print(f"eval{' ' + label if label else ''}: {args.eval} deterministic episodes per "
-                  f"seed, {len(per_seed)} seed(s) [{', '.join(f'{r:.1f}' for r in per_seed)}]: "
-                  f"{format_summary(summarize_seeds(per_seed, SOLVED.get(config.env_name)))}")
-        for run_labels, value in zip(runs, returns):
-            run_labels["eval_return"] = float(value)
-    if args.metrics:
-        write_metrics(args.metrics, metrics, runs)
-    if args.plot:
-        plot_curves(args.plot, {label or f"{seeds} seed(s)": jax.tree.map(
-            lambda x: x[i * seeds:(i + 1) * seeds], metrics) for i, label in enumerate(labels)},
-            config.env_name)
-    if args.render:
-        length = render_gif(args.render, agent, config,
-                            *jax.tree.map(lambda x: x[0], (policy_params, obs_stats)))
-        print(f"rendered a {length}-step deterministic episode to {args.render}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`python trpo.py [flags]`; returns the exit code. A user's mistake is one line and 2.
-    The run goes in a thread, so that the main thread takes Ctrl-C and SIGTERM at once."""
-    outcome: list[BaseException] = []
-
-    def work(config: Config | None, args: argparse.Namespace) -> None:
-        try:
-            run(config, args)
-        except BaseException as error:
-            outcome.append(error)
-
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """`python trpo.py [flags]`; returns the exit code: 0 done; 2 bad input, a non-finite run or
+    a failed write, one line on stderr; 130 Ctrl-C."""
+    fail = lambda error: print(f"trpo.py: error: {' '.join(str(error).split())}",
+                               file=sys.stderr, flush=True) or 2
     try:
-        config, args = parse_args(argv)
-        stop_on_signal(tuple(getattr(args, flag) for flag in OUTPUTS if getattr(args, flag)))
-        worker = threading.Thread(target=work, args=(config, args), daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.1)
-    except ValueError as error:
-        outcome.append(error)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    error = outcome[0] if outcome else None
-    if isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error):
-        error = ValueError("out of memory: lower --hidden_sizes, --num_envs x --num_steps, "
-                           "--seeds or the sweep's values")
-    if isinstance(error, BrokenPipeError):  # `python trpo.py | head`: no traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        error = ValueError("stdout was closed, so the run stopped")
-    if isinstance(error, ValueError):
-        print(f"trpo.py: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
-        return 2
-    if error is not None:
-        raise error
-    return 0
+        args, config, loaded = parse_args(argv)
+    except (ValueError, argparse.ArgumentError) as error:
+        return fail(error)
+    failed: list[str] = []
+
+    def write(flag: str, writer: Callable[[str], Any]) -> None:  # a failure skips no other
+        try:
+            if getattr(args, flag):
+                writer(getattr(args, flag))
+                print(f"wrote {getattr(args, flag)}")
+        except OSError as error:
+            failed.append(f"--{flag}: {error}")
+    try:
+        if loaded:
+            (policy_params, obs_stats), args.eval = loaded, args.eval or 10
+        else:
+            print(f"TRPO on {config.env_name}: {args.seeds} seed(s) x {num_updates(config)} "
+                  f"updates x {config.num_envs * config.num_steps} steps", flush=True)
+            state, metrics = train_runs(config, args)
+            bad = [name for name, tree in (("policy", state.policy_params), ("critic",
+                   state.critic), ("statistics", (state.obs_stats, state.return_stats)))
+                   if not all(np.isfinite(x).all() for x in jax.tree.leaves(tree))]
+            if bad:  # episode_return is NaN until an episode ends: only the state decides
+                return fail(f"training went non-finite ({', '.join(bad)}); nothing is written "
+                            "(lower --vf_lr or --max_kl)")
+            policy_params, obs_stats = state.policy_params, state.obs_stats
+            write("save", lambda path: save_policy(path, config, policy_params, obs_stats))
+        runs = [{"seed": config.seed, "seed_index": i} for i in range(len(obs_stats.count))]
+        if args.eval:
+            returns = evaluate_seeds(make_agent(config), config, policy_params, obs_stats,
+                                     args.eval)
+            summary = summarize_seeds(returns, SOLVED.get(config.env_name))
+            print(f"eval: {args.eval} deterministic episodes per seed, {len(returns)} seed(s) "
+                  f"[{', '.join(f'{r:.1f}' for r in returns)}]: {format_summary(summary)}")
+            runs = [{**run, "eval_return": float(r)} for run, r in zip(runs, returns)]
+        if not loaded:
+            strict = lambda v: np.where(np.isfinite(v), v.astype(object), None).tolist()
+            write("metrics", lambda path: Path(path).write_text(json.dumps({"runs": runs, **{
+                k: strict(v) for k, v in metrics._asdict().items()}})))  # null: no episode yet
+            write("plot", lambda path: plot_curves(path, metrics, config.env_name))
+        return fail("; ".join(failed)) if failed else 0
+    except KeyboardInterrupt:
+        print("trpo.py: stopped by Ctrl-C", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
+    from jaxlib import utils  # XLA's C++ log lines (a warning at each compile-cache load)
+    utils.absl_set_min_log_level(3)
     if not jax.config.jax_compilation_cache_dir:  # JAX's persistent cache, unless set already
         home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         jax.config.update("jax_compilation_cache_dir", os.path.join(home, "trpo-jax"))
