@@ -819,17 +819,19 @@ def train_runs(config: Config, args: argparse.Namespace) -> tuple[TrainState, Me
     of ~1/20 of the updates, with a progress line between them. No callback inside, so JAX's
     persistent compile cache serves the program the next time."""
     agent, updates = make_agent(config), num_updates(config)
-    length, keys = -(-updates // 20), jax.random.split(jax.random.PRNGKey(config.seed), args.seeds)
-    if args.devices > 1:  # seeds are independent: each device trains its share, never talking
-        mesh = jax.make_mesh((args.devices,), ("seeds",), devices=jax.devices()[:args.devices])
-        keys = jax.device_put(keys, jax.sharding.NamedSharding(mesh, jax.P("seeds")))
+    mesh = jax.make_mesh((args.devices,), ("seeds",), (jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:args.devices])
+    seeds = jax.sharding.NamedSharding(mesh, jax.P("seeds"))  # independent: no communication
+    keys = jax.device_put(jax.random.split(jax.random.PRNGKey(config.seed), args.seeds), seeds)
+    length = -(-updates // 20)
 
     def piece(state: TrainState) -> tuple[TrainState, Metrics]:
         return train_updates(agent, config, state, length)
 
     clock = time.perf_counter()
-    state = jax.jit(jax.vmap(lambda key: init_train_state(agent, config, key)))(keys)
-    run = jax.jit(jax.vmap(piece)).lower(state).compile()
+    state = jax.jit(jax.vmap(lambda key: init_train_state(agent, config, key)),
+                    out_shardings=seeds)(keys)
+    run = jax.jit(jax.vmap(piece), out_shardings=seeds).lower(state).compile()
     compile_s, clock, pieces = time.perf_counter() - clock, time.perf_counter(), []
     for start in range(0, updates, length):
         state, metrics = run(state)
