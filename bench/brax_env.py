@@ -25,7 +25,7 @@ from gymnax.environments import spaces
 
 
 class BraxParams(NamedTuple):
-    max_steps_in_episode: int  # the time limit; trpo.run_episodes reads it too
+    max_steps_in_episode: int  # the time limit; trpo.evaluate reads it too
 
 
 class BraxState(NamedTuple):

@@ -178,8 +178,8 @@ def screen_env(env_name, field, values, tune_seeds, seeds, episodes, overrides):
                                            "seed": HELDOUT_SEED, **overrides})
     keys = jnp.concatenate([jax.random.split(jax.random.PRNGKey(TUNING_SEED), tune_seeds),
                             jax.random.split(jax.random.PRNGKey(HELDOUT_SEED), seeds)])
-    train = jax.vmap(jax.vmap(trpo.make_sweep_train(config, field), in_axes=(None, 0)),
-                     in_axes=(0, None))
+    sweep = lambda value, key: trpo.make_train(dataclasses.replace(config, **{field: value}))(key)
+    train = jax.vmap(jax.vmap(sweep, in_axes=(None, 0)), in_axes=(0, None))
     start = time.perf_counter()
     state, metrics = jax.block_until_ready(jax.jit(train)(jnp.asarray(values), keys))
     train_s = time.perf_counter() - start
@@ -216,7 +216,8 @@ def choose(results, field):
 
 def parse_overrides(texts):
     """["FIELD=VALUE", ...] -> Config overrides, each parsed by its field's type."""
-    parsers = {bool: trpo.parse_bool, tuple: trpo.parse_sizes}  # else int, float or str
+    parsers = {bool: lambda s: {"true": True, "1": True, "false": False, "0": False}[s.lower()],
+               tuple: lambda s: tuple(int(h) for h in s.split(","))}  # else int, float or str
     parse = {f.name: parsers.get(type(f.default), type(f.default))
              for f in dataclasses.fields(trpo.Config)}
     return {k: parse[k](v) for k, v in (text.split("=", 1) for text in texts)}

@@ -7,7 +7,6 @@
     python bench/scale.py --seeds 64 --big_envs 2048        # what a 2-core CPU can do in minutes
 """
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -18,16 +17,6 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import trpo  # noqa: E402
-
-
-def fisher_product(gauss_newton: bool):
-    """A context in which train is traced with bench/fisher.py's J^T M J trpo_step, or a no-op
-    (trpo.py's jvp of grad)."""
-    if not gauss_newton:
-        return contextlib.nullcontext()
-    sys.path.insert(0, HERE)
-    import fisher
-    return fisher.using_trpo_step(fisher.gauss_newton_trpo_step)
 
 
 def compile_and_run(fn, *args):
@@ -47,17 +36,13 @@ def main():
     parser.add_argument("--big_updates", type=int, default=100)
     parser.add_argument("--big_max_kl", type=float, default=0.1,
                         help="large batches take larger steps")
-    parser.add_argument("--gauss_newton_fisher", action="store_true",
-                        help="J^T M J Fisher products (bench/fisher.py's) in (a) and (b)")
     args = parser.parse_args()
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, "
-          f"Fisher product: {'J^T M J' if args.gauss_newton_fisher else 'jvp of grad'}")
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
     cold_compile = compile_time_of_default()  # first, so nothing is cached in this process yet
 
     config = trpo.make_config("CartPole-v1")
-    with fisher_product(args.gauss_newton_fisher):
-        (_, metrics), compile_time, run_time = compile_and_run(
-            jax.vmap(trpo.make_train(config)), jax.random.split(jax.random.PRNGKey(0), args.seeds))
+    (_, metrics), compile_time, run_time = compile_and_run(
+        jax.vmap(trpo.make_train(config)), jax.random.split(jax.random.PRNGKey(0), args.seeds))
     final = np.asarray(metrics.episode_return[:, -1])  # NaN: the run ended no episode
     print(f"(a) {args.seeds} CartPole agents x 100k steps: run {run_time:.2f} s "
           f"(compile {compile_time:.1f} s), mean final return {np.nanmean(final):.1f}, "
@@ -66,9 +51,8 @@ def main():
     big = trpo.make_config("CartPole-v1", num_envs=args.big_envs, num_steps=args.big_steps,
                            max_kl=args.big_max_kl,
                            total_timesteps=args.big_envs * args.big_steps * args.big_updates)
-    with fisher_product(args.gauss_newton_fisher):
-        (_, metrics), compile_time, run_time = compile_and_run(trpo.make_train(big),
-                                                               jax.random.PRNGKey(0))
+    (_, metrics), compile_time, run_time = compile_and_run(trpo.make_train(big),
+                                                           jax.random.PRNGKey(0))
     returns = np.asarray(metrics.episode_return)
     hit = np.flatnonzero(returns >= 500)
     when = "never"
