@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -98,9 +99,10 @@ def user_env(**extra):
                                     dict(max_kl=-1.0), dict(vf_minibatches=5),
                                     dict(total_timesteps=10), dict(hidden_sizes=(0,)),
                                     dict(line_search_steps=0), dict(cg_residual_tol=-1.0),
-                                    dict(hidden_sizes=(65536, 65536)), dict(vf_epochs=2**31 - 1)])
-def test_make_config_rejects_bad_fields_with_value_error(fields):
-    with pytest.raises(ValueError):
+                                    dict(hidden_sizes=64), dict(max_kl=float("inf")),
+                                    dict(total_timesteps=2**31), dict(gamma=0.0)])
+def test_make_config_rejects_bad_fields_with_a_value_error_naming_the_field(fields):
+    with pytest.raises(ValueError, match="|".join(fields)):
         tiny_config(**fields)
 
 
@@ -138,14 +140,12 @@ def test_gaussian_log_prob_and_entropy_closed_forms():
     assert float(trpo.entropy(dist)) == pytest.approx(reference_entropy, rel=1e-5)
 
 
-def test_entropy_matches_monte_carlo():
-    for dist in (trpo.Categorical(jnp.array([0.3, -1.0, 2.0])),
-                 trpo.DiagGaussian(jnp.array([0.5, -1.0]), jnp.array([-0.7, 0.4]))):
-        n = 200_000
-        batched = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), dist)
-        neg_log_p = -trpo.log_prob(batched, trpo.sample(batched, jax.random.PRNGKey(6)))
-        standard_error = float(neg_log_p.std()) / np.sqrt(n)
-        assert abs(float(trpo.entropy(dist)) - float(neg_log_p.mean())) <= 3 * standard_error
+def test_gaussian_log_prob_refuses_an_action_shaped_unlike_the_mean():
+    """A [B] action against a [B, 1] mean would broadcast to [B, B] and give a wrong gradient."""
+    dist = trpo.DiagGaussian(jnp.zeros((5, 1)), jnp.zeros((5, 1)))
+    with pytest.raises(AssertionError):
+        trpo.log_prob(dist, jnp.zeros(5))
+    assert trpo.log_prob(dist, jnp.zeros((5, 1))).shape == (5,)
 
 
 def monte_carlo_kl(p, q, key, n=200_000):
@@ -309,17 +309,6 @@ def test_conjugate_gradient_matches_linalg_solve(n, condition):
         assert float(jnp.linalg.norm(x - reference) / jnp.linalg.norm(reference)) <= 1e-4
 
 
-def test_conjugate_gradient_float32_policy_scale():
-    """float32, as in training: n=50, condition 1e2, CG reaches 1e-4 relative error."""
-    n = 50
-    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(1), (n, n)))
-    a = q @ jnp.diag(jnp.logspace(0, 2, n)) @ q.T
-    b = jax.random.normal(jax.random.PRNGKey(2), (n,))
-    x, _ = trpo.conjugate_gradient(lambda v: a @ v, b, max_iters=200, residual_tol=1e-12)
-    reference = jnp.linalg.solve(a, b)
-    assert float(jnp.linalg.norm(x - reference) / jnp.linalg.norm(reference)) <= 1e-4
-
-
 def test_conjugate_gradient_float32_as_accurate_as_numpy():
     """An ill-conditioned SPD system of policy size (4482 unknowns, condition 1e4), 20 CG
     iterations in float32: trpo's CG lands at least as close to the float64 CG iterate as a plain
@@ -468,6 +457,18 @@ def test_gaussian_log_std_is_updated():
 
 
 # ----------------------------------------------------------------------------- 4. Rollout
+def test_box_actions_are_rescaled_and_infinite_bounds_pass_through():
+    """Pendulum's [-2, 2]: clip to [-1, 1], then rescale. With infinite bounds the action goes to
+    the env as it is (low + (u + 1)(high - low)/2 would be -inf + inf = NaN)."""
+    env, params = gymnax.make("Pendulum-v1")
+    actions = jnp.array([[0.5], [3.0]])
+    agent = trpo.make_agent(tiny_config("Pendulum-v1"), env, params)
+    np.testing.assert_allclose(trpo.env_actions(agent, actions), [[1.0], [2.0]])
+    env.action_space = lambda params=None: spaces.Box(-jnp.inf, jnp.inf, (1,))
+    agent = trpo.make_agent(tiny_config("Pendulum-v1"), env, params)
+    np.testing.assert_array_equal(trpo.env_actions(agent, actions), actions)
+
+
 def test_running_stats_match_numpy():
     rng = np.random.default_rng(1)
     data = rng.normal(3.0, 2.0, size=(5, 40, 3)).astype(np.float32)
@@ -587,7 +588,7 @@ def test_update_critic_equals_plain_adam_minibatch_loop():
 
 
 # ----------------------------------------------------------------------------- 6. Training
-def test_train_is_deterministic_and_vmap_and_a_one_value_sweep_match_separate_runs():
+def test_train_is_deterministic_and_vmap_matches_separate_runs():
     train = jax.jit(trpo.make_train(tiny_config()))
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     _, first = train(keys[0])
@@ -596,14 +597,10 @@ def test_train_is_deterministic_and_vmap_and_a_one_value_sweep_match_separate_ru
     for a, b in zip(first, again):
         assert np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
     _, both = jax.jit(jax.vmap(trpo.make_train(tiny_config())))(keys)
-    sweep = jax.vmap(trpo.make_sweep_train(tiny_config(), "max_kl"), in_axes=(0, None))
-    _, swept = jax.jit(sweep)(jnp.array([tiny_config().max_kl]), keys[0])  # a sweep of one value
-    for name, a, b0, b1, s in zip(trpo.Metrics._fields, both, first, second, swept):
+    for name, a, b0, b1 in zip(trpo.Metrics._fields, both, first, second):
         np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b0), rtol=1e-4, atol=1e-5,
                                    err_msg=name)
         np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b1), rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
-        np.testing.assert_allclose(np.asarray(s[0]), np.asarray(b0), rtol=1e-5, atol=1e-6,
                                    err_msg=name)
 
 
@@ -626,12 +623,14 @@ def test_episode_return_is_nan_until_an_episode_ends_then_the_mean_of_those_that
     assert np.isnan(logged[0]) and np.isfinite(logged[-1])  # both cases happened
 
 
-NEEDS_DOWNLOAD = {"MNISTBandit-bsuite"}  # fetches MNIST over the network when made
-SMOKE_ENVS = [name for name in gymnax.registered_envs if name not in NEEDS_DOWNLOAD]
+# One env of each kind: discrete and Box actions, image, maze (built with jnp), bsuite and misc
+# observations, a Discrete observation space (FrozenLake), multi-dimensional Box actions.
+SMOKE_ENVS = ["Acrobot-v1", "MountainCarContinuous-v0", "Breakout-MinAtar", "DeepSea-bsuite",
+              "MetaMaze-misc", "FrozenLake-misc", "Reacher-misc"]
 
 
 @pytest.mark.parametrize("env_name", SMOKE_ENVS)
-def test_smoke_every_registered_env(env_name):
+def test_smoke_one_env_of_each_kind(env_name):
     config = tiny_config(env_name, num_envs=2, num_steps=16, total_timesteps=2 * 2 * 16,
                          hidden_sizes=(8,), vf_minibatches=1)
     state, metrics = jax.jit(trpo.make_train(config))(jax.random.PRNGKey(0))
@@ -640,27 +639,6 @@ def test_smoke_every_registered_env(env_name):
         if name not in ("episode_return", "episode_length"):  # NaN until an episode ends
             assert np.all(np.isfinite(np.asarray(value, dtype=np.float64))), name
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.policy_params))
-
-
-def test_zero_rewards_keep_policy_unchanged_and_finite():
-    """An env whose rewards are all zero gives zero advantages: no NaN, and the policy never
-    moves."""
-    config = tiny_config()
-    env, env_params = gymnax.make("CartPole-v1")
-    real_step = env.step
-
-    def zero_reward_step(key, state, action, params):
-        obs, state, reward, term, trunc, info = real_step(key, state, action, params)
-        return obs, state, 0.0 * reward, term, trunc, info
-
-    env.step = zero_reward_step
-    agent = trpo.make_agent(config, env, env_params)
-    initial = trpo.init_train_state(agent, config, jax.random.PRNGKey(0))
-    state, metrics = jax.jit(trpo.make_train(config, env, env_params))(jax.random.PRNGKey(0))
-    for a, b in zip(jax.tree.leaves(state.policy_params), jax.tree.leaves(initial.policy_params)):
-        assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert not bool(metrics.line_search_accepted.any())
-    assert np.isfinite(np.asarray(metrics.kl)).all() and np.isfinite(metrics.value_loss).all()
 
 
 SHAPES = [("CartPole-v1", 2, 4, (4,)), ("Pendulum-v1", 1, 8, (8, 4))]  # discrete, continuous
@@ -705,32 +683,26 @@ def test_property_random_configs_stay_finite():
 
 
 MULTI_DEVICE_SCRIPT = """
-import json, jax, numpy as np, trpo
-assert jax.device_count() == 4, jax.devices()
-config = trpo.make_config("CartPole-v1", num_envs=8, num_steps=32, total_timesteps=3 * 256,
-                          hidden_sizes=(16, 16), vf_epochs=2, vf_minibatches=2,
-                          cg_residual_tol=0.0)  # a residual CG stop is reassociation-sensitive
-out = {}
-for devices in (1, 4):
-    state, metrics = jax.jit(trpo.make_train(config, devices=devices))(jax.random.PRNGKey(0))
-    out[devices] = [np.asarray(x, np.float64).ravel().tolist()
-                    for x in (*metrics, *jax.tree.leaves(state.policy_params))]
-    if devices == 4:
-        assert len(state.runner.obs.sharding.device_set) == 4, state.runner.obs.sharding
-assert trpo.main(["--num_envs", "8", "--num_steps", "32", "--total_timesteps", "768",
-                  "--hidden_sizes", "16,16", "--devices", "4", "--quiet", "--eval", "1"]) == 0
-print(json.dumps(out))
+import trpo
+flags = ["--num_envs", "8", "--num_steps", "32", "--total_timesteps", "768", "--hidden_sizes",
+         "16,16", "--seeds", "4", "--quiet", "--cg_residual_tol", "0"]  # a residual stop is
+for devices in ("1", "4"):                                 # reassociation-sensitive
+    assert trpo.main([*flags, "--devices", devices, "--metrics", f"{devices}.json"]) == 0
 """
 
 
-def test_multi_device_matches_single_device():
-    env = user_env(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+def test_seeds_split_over_four_devices_match_one_device(tmp_path):
+    """--devices 4 trains 4 seeds, one per (forced CPU) device: every per-update metric of every
+    seed equals the 1-device run's."""
+    env = user_env(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+                   PYTHONPATH=HERE)
     result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], capture_output=True,
-                            text=True, cwd=HERE, env=env, timeout=600)
+                            text=True, cwd=tmp_path, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    for one, four in zip(out["1"], out["4"]):
-        np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-5)
+    one, four = (json.loads((tmp_path / f"{d}.json").read_text()) for d in (1, 4))
+    for name in trpo.Metrics._fields:
+        np.testing.assert_allclose(np.asarray(four[name], float), np.asarray(one[name], float),
+                                   rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_the_readme_own_env_example_runs_as_written_and_learns(tmp_path):
@@ -854,7 +826,6 @@ def scratch(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     (tmp / "afile").write_text("a regular file")
     (tmp / "corrupt.msgpack").write_bytes(b"\x00not a saved policy")
-    save_untrained(tmp / "deepsea.msgpack", "DeepSea-bsuite")
     small, _ = save_untrained(tmp / "mismatch.msgpack", "CartPole-v1", hidden_sizes=(8,))
     _, wide = save_untrained(tmp / "wide.msgpack", "CartPole-v1")
     runs = lambda tree: jax.tree.map(lambda x: np.asarray(x)[None], tree)
@@ -865,75 +836,42 @@ def scratch(tmp_path_factory):
     return tmp
 
 
-def test_cli_help_lists_every_config_field():
+def test_cli_help_lists_every_config_field(capsys):
     import re
-    text = trpo.build_parser().format_help()
+    with pytest.raises(SystemExit):
+        trpo.main(["--help"])
+    text = capsys.readouterr().out
     for field in dataclasses.fields(trpo.Config):
         flag = "--env" if field.name == "env_name" else f"--{field.name}"
         assert re.search(rf"{flag}\b(?!_)", text), flag
-    for flag in ("--seeds", "--sweep", "--eval", "--devices", "--save", "--load", "--metrics",
-                 "--plot", "--render", "--quiet"):
+    for flag in ("--paper", "--seeds", "--devices", "--eval", "--save", "--load", "--metrics",
+                 "--plot", "--quiet"):
         assert re.search(rf"{flag}\b", text), flag
 
 
 BAD_INPUTS = {  # case: (flags, what the one line says); {tmp} is the scratch folder
     "unknown env": (["--env", "NoSuchEnv-v0"], "unknown env"),
-    "empty env": (["--env", ""], "unknown env"),
     "zero num_envs": (["--num_envs", "0"], "num_envs"),
-    "negative num_steps": (["--num_steps", "-3"], "num_steps"),
-    "zero cg_iters": (["--cg_iters", "0"], "cg_iters"),
     "non-positive max_kl": (["--max_kl", "0"], "max_kl"),
-    "infinite max_kl": (["--max_kl", "inf"], "max_kl"),
-    "negative cg_residual_tol": (["--cg_residual_tol", "-1"], "cg_residual_tol"),
+    "gamma above 1": (["--gamma", "1.5"], "gamma"),
     "minibatches not dividing": (["--vf_minibatches", "3"], "vf_minibatches"),
     "budget under one batch": (["--total_timesteps", "100"], "total_timesteps"),
-    "overflowing budget": (["--total_timesteps", "1" + "0" * 20], "total_timesteps"),
-    "seed out of range": (["--seed", str(10**20)], "seed"),
-    "layers XLA cannot compile": (["--hidden_sizes", "65536,65536"], "hidden_sizes"),
-    "endless critic": (["--vf_epochs", "2147483647"], "vf_epochs"),
-    "a critic step that can only diverge": (["--vf_lr", "1e10"], "vf_lr"),
     "malformed value": (["--max_kl", "abc"], "max_kl"),
     "malformed bool": (["--normalize_advantages", "maybe"], "normalize_advantages"),
     "malformed sizes": (["--hidden_sizes", "64,x"], "hidden_sizes"),
     "unknown flag": (["--no_such_flag", "1"], "unrecognized"),
     "abbreviated flag": (["--vf", "1"], "unrecognized"),
     "flag without its value": (["--max_kl"], "expected one argument"),
-    "bad sweep field": (["--sweep", "num_envs=1,2"], "cannot sweep"),
-    "empty sweep": (["--sweep", ""], "--sweep"),
-    "malformed sweep": (["--sweep", "max_kl=a,b"], "--sweep"),
-    "a sweep and its own flag": (["--sweep", "max_kl=0.01", "--max_kl", "0.5"], "keep one"),
-    "sweep value out of range": (["--sweep", "max_kl=0.01,-1"], "max_kl"),
     "zero seeds": (["--seeds", "0"], "--seeds"),
-    "too many eval episodes": (["--eval", "100000000"], "--eval"),
-    "more devices than there are": (["--devices", "3"], "devices=3"),
-    "two outputs on one path": (["--save", "{tmp}/same.json", "--metrics", "{tmp}/same.json"],
-                                "same file"),
-    "plot onto the save path": (["--save", "{tmp}/s.png", "--plot", "{tmp}/s.png"], "same file"),
-    "render onto the metrics path": (["--metrics", "{tmp}/r.gif.json", "--render",
-                                      "{tmp}/r.gif.json"], "same file"),
-    "output onto the input": (["--load", "{tmp}/deepsea.msgpack", "--render",
-                               "{tmp}/deepsea.msgpack"], "same file"),
-    "folder missing": (["--save", "{tmp}/no_such_dir/x.msgpack"], "missing"),
-    "folder is a file": (["--save", "{tmp}/afile/x.msgpack"], "missing"),
-    "path is a folder": (["--save", "{tmp}"], "--save"),
-    "path ends in a slash": (["--save", "{tmp}/newdir/"], "--save"),
-    "empty save path": (["--save", ""], "--save"),
-    "render not a gif": (["--render", "{tmp}/x.png"], "--render"),
-    "metrics in an unknown format": (["--metrics", "{tmp}/m.txt"], "--metrics"),
-    "render an undrawable env": (["--env", "DeepSea-bsuite", "--render", "{tmp}/x.gif"],
-                                 "cannot draw DeepSea"),
-    "render an undrawable loaded env": (["--load", "{tmp}/deepsea.msgpack", "--render",
-                                         "{tmp}/d.gif"], "cannot draw DeepSea"),
-    "save with load": (["--load", "{tmp}/deepsea.msgpack", "--save", "{tmp}/y.msgpack"],
-                       "--load"),
-    "a Config flag with load": (["--load", "{tmp}/deepsea.msgpack", "--max_kl", "0.02"],
-                                "--load"),
-    "paper with load": (["--load", "{tmp}/deepsea.msgpack", "--paper"], "--load"),
+    "seeds not a multiple of devices": (["--seeds", "3", "--devices", "2"], "--devices"),
+    "folder missing": (["--save", "{tmp}/no_such_dir/x.msgpack"], "--save"),
+    "path is a folder": (["--metrics", "{tmp}"], "--metrics"),
+    "save not msgpack": (["--save", "{tmp}/afile"], "--save"),
+    "plot not png": (["--plot", "{tmp}/x.gif"], "--plot"),
+    "a Config flag with load": (["--load", "{tmp}/wide.msgpack", "--max_kl", "0.02"], "--load"),
     "missing load file": (["--load", "{tmp}/none.msgpack"], "cannot load"),
     "corrupt load file": (["--load", "{tmp}/corrupt.msgpack"], "cannot load"),
-    "load a folder": (["--load", "{tmp}"], "cannot load"),
-    "load file that does not match its config": (["--load", "{tmp}/mismatch.msgpack"],
-                                                 "where its config needs"),
+    "load file that does not match its config": (["--load", "{tmp}/mismatch.msgpack"], "match"),
     "non-finite load file": (["--load", "{tmp}/nan.msgpack"], "non-finite"),
 }
 
@@ -949,8 +887,8 @@ def test_cli_bad_input_is_one_line_and_exit_2_before_training(case, scratch, cap
 
 
 def test_cli_trains_saves_loads_and_evaluates(tmp_path, capsys):
-    """Progress, the summary, every output; the saved policies are make_train's for the same
-    seeds, and --load evaluates them all."""
+    """Progress, the eval summary, every output; the saved policies are make_train's for the
+    same seeds, and --load evaluates them all."""
     save, metrics, plot = tmp_path / "run.msgpack", tmp_path / "m.json", tmp_path / "curve.png"
     code, out, err = cli(capsys, *TINY, "--total_timesteps", 1280, "--seeds", 2, "--eval", 2,
                          "--save", save, "--metrics", metrics, "--plot", plot)
@@ -959,42 +897,69 @@ def test_cli_trains_saves_loads_and_evaluates(tmp_path, capsys):
     assert any(line.startswith("compile") for line in out)
     assert any(line.startswith("eval") and "2 seed(s)" in line and "IQM" in line for line in out)
     assert plot.read_bytes()[:4] == b"\x89PNG"
-    data = json.loads(metrics.read_text())
+    data = json.loads(metrics.read_text(), parse_constant=lambda name: pytest.fail(name))
     assert set(trpo.Metrics._fields) <= set(data) and len(data["kl"]) == 2
     assert len(data["kl"][0]) == 10 and "eval_return" in data["runs"][1]
     config, params, stats = trpo.load_policy(str(save))
-    assert config == trpo.make_config(**{"total_timesteps": 1280, **dict(
-        num_envs=4, num_steps=32, hidden_sizes=(16, 16), vf_epochs=2, vf_minibatches=2,
-        cg_iters=5)})
-    state, _ = jax.jit(jax.vmap(trpo.make_train(config)))(jax.random.split(jax.random.PRNGKey(0),
-                                                                            2))
+    assert config == tiny_config(total_timesteps=1280, cg_iters=5)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    state, _ = jax.jit(jax.vmap(trpo.make_train(config)))(keys)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.policy_params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
     code, out, err = cli(capsys, "--load", save, "--eval", 3)
     assert code == 0 and any("3 deterministic episodes" in line and "2 seed(s)" in line
                              for line in out), (out, err)
-    csv_path = tmp_path / "m.csv"
-    trpo.write_metrics(str(csv_path), trpo.Metrics(**{k: np.asarray(v, np.float64) for k, v in
-                                                      data.items() if k != "runs"}), data["runs"])
-    rows = csv_path.read_text().splitlines()
-    assert len(rows) == 1 + 2 * 10 and "line_search_accepted" in rows[0]
-    assert not list(tmp_path.glob(".tmp*"))
 
 
-def test_cli_sweep_labels_runs_and_shows_missing_returns_as_missing(tmp_path, capsys):
-    """Acrobot ends no episode in its first updates: the progress line shows '-', the JSON null
-    (strict JSON), the plot skips them. Each swept value is its own labelled run."""
-    metrics = tmp_path / "m.json"
-    code, out, err = cli(capsys, *TINY, "--env", "Acrobot-v1", "--total_timesteps", 2560,
-                         "--sweep", "max_kl=0.01,0.02", "--metrics", metrics, "--plot",
-                         tmp_path / "p.png")
+def test_cli_outputs_replace_only_regular_files_and_write_through_a_symlink(tmp_path, capsys):
+    """A device, a FIFO, the script and the README are refused and survive; a symlink to a
+    regular file stays a symlink, and its target receives the output."""
+    os.mkfifo(tmp_path / "fifo.json")
+    targets = [("--metrics", tmp_path / "fifo.json"), ("--save", os.path.join(HERE, "trpo.py")),
+               ("--metrics", os.path.join(HERE, "README.md"))]
+    try:
+        os.mknod(tmp_path / "dev.msgpack", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        targets.append(("--save", tmp_path / "dev.msgpack"))
+    except PermissionError:  # not root: no device to make
+        pass
+    for flag, path in targets:
+        before = os.stat(path)
+        code, _, err = cli(capsys, flag, path)
+        assert code == 2 and len(err) == 1 and flag in err[0], err
+        after = os.stat(path)
+        assert (after.st_mode, after.st_size, after.st_mtime_ns) == (
+            before.st_mode, before.st_size, before.st_mtime_ns)
+    (tmp_path / "target.json").write_text("old")
+    os.symlink(tmp_path / "target.json", tmp_path / "link.json")
+    code, _, err = cli(capsys, *TINY, "--total_timesteps", 128, "--quiet", "--metrics",
+                       tmp_path / "link.json")
+    assert code == 0 and os.path.islink(tmp_path / "link.json"), err
+    assert "kl" in json.loads((tmp_path / "target.json").read_text())
+
+
+def test_cli_a_failed_write_is_one_line_and_the_other_outputs_are_still_written(
+        tmp_path, monkeypatch, capsys):
+    """The policy write fails (here: no space left) after training: one line and exit 2, and
+    the metrics are written anyway, under a 255-byte name (the longest legal one)."""
+    def disk_full(path, *args):
+        raise OSError(28, "No space left on device", path)
+
+    monkeypatch.setattr(trpo, "save_policy", disk_full)
+    metrics = tmp_path / ("m" * 250 + ".json")
+    code, _, err = cli(capsys, *TINY, "--total_timesteps", 128, "--quiet", "--save",
+                       tmp_path / "p.msgpack", "--metrics", metrics)
+    assert code == 2 and len(err) == 1 and "--save" in err[0] and "No space" in err[0], err
+    assert "kl" in json.loads(metrics.read_text())
+
+
+def test_cli_a_run_in_which_no_episode_ends_is_not_non_finite(tmp_path, capsys):
+    """FourRooms ends no episode in 128 steps: episode_return stays NaN (null), and that is no
+    error: only the parameters and statistics decide "non-finite"."""
+    code, out, err = cli(capsys, "--env", "FourRooms-misc", "--num_envs", 4, "--num_steps", 32,
+                         "--total_timesteps", 128, "--vf_minibatches", 1, "--eval", 1,
+                         "--metrics", tmp_path / "m.json")
     assert code == 0 and err == [], err
-    progress = [line for line in out if line.startswith("update")]
-    assert " return        - " in progress[0], progress[0]
-    assert any(line.startswith("max_kl=0.02: final training return") for line in out)
-    data = json.loads(metrics.read_text(), parse_constant=lambda name: pytest.fail(name))
-    assert [run["max_kl"] for run in data["runs"]] == [0.01, 0.02]
-    assert data["episode_return"][0][0] is None
+    assert json.loads((tmp_path / "m.json").read_text())["episode_return"][0] == [None] * 1
 
 
 def test_cli_paper_keeps_the_kl_of_accepted_steps_near_delta_to_the_end(tmp_path, capsys):
@@ -1024,43 +989,15 @@ def test_cli_non_finite_training_writes_nothing(tmp_path, monkeypatch, capsys):
     assert os.listdir(tmp_path) == []
 
 
-def test_cli_out_of_memory_is_one_line(monkeypatch, capsys):
-    """XLA's allocation failure becomes one line naming what to lower."""
-    def exhausted(*args):
-        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9 bytes.")
-
-    monkeypatch.setattr(trpo, "train_runs", exhausted)
-    code, _, err = cli(capsys, "--hidden_sizes", "8192,8192", "--quiet")
-    assert code == 2 and len(err) == 1 and "out of memory" in err[0], err
-
-
-def test_cli_render_writes_a_gif_of_a_loaded_policy(scratch, tmp_path, capsys):
-    save_untrained(tmp_path / "catch.msgpack", "Catch-bsuite")
-    gif = tmp_path / "catch.gif"
-    code, out, err = cli(capsys, "--load", tmp_path / "catch.msgpack", "--render", gif)
-    assert code == 0 and err == [], err
-    assert gif.read_bytes()[:6] in (b"GIF89a", b"GIF87a")
-    assert any(line.startswith("rendered a ") for line in out)
-
-
-def test_unsupported_action_space_is_a_value_error():
+def test_unsupported_spaces_are_value_errors():
     env, params = gymnax.make("CartPole-v1")
     env.action_space = lambda params=None: spaces.Dict({})
     with pytest.raises(ValueError, match="unsupported action space Dict"):
         trpo.make_agent(tiny_config(), env, params)
-
-
-def test_interrupted_write_keeps_the_old_file_and_no_temp(tmp_path):
-    path = tmp_path / "m.json"
-    path.write_text("old")
-
-    def half_then_interrupted(temp):
-        open(temp, "w").write("half")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        trpo.write_file(str(path), half_then_interrupted)
-    assert path.read_text() == "old" and os.listdir(tmp_path) == ["m.json"]
+    env, params = gymnax.make("CartPole-v1")
+    env.observation_space = lambda params=None: spaces.Dict({})
+    with pytest.raises(ValueError, match="unsupported observation space Dict"):
+        trpo.make_agent(tiny_config(), env, params)
 
 
 def start(tmp_path, *args, cwd=None):
@@ -1081,72 +1018,22 @@ def start(tmp_path, *args, cwd=None):
     return proc, wait_for
 
 
-@pytest.mark.parametrize("sig,state", [(signal.SIGINT, "TRPO on"),
-                                       (signal.SIGTERM, "\nupdate ")])
-def test_cli_signal_while_compiling_or_training_is_one_line(tmp_path, sig, state):
-    """Ctrl-C right after the header (while compiling), or SIGTERM after the first progress line
-    (while training): one line, exit 130 or 143, and no output file, not even a temporary one."""
+def test_cli_ctrl_c_while_training_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C after the first progress line: within seconds, one line, exit 130, no output."""
     proc, wait_for = start(tmp_path, *TINY, "--total_timesteps", 4_000_000, "--metrics",
                            tmp_path / "m.json", "--save", tmp_path / "s.msgpack")
-    wait_for(state)
-    proc.send_signal(sig)
-    assert proc.wait(timeout=60) == 128 + sig
-    assert (tmp_path / "err.txt").read_text().splitlines() == [f"trpo.py: stopped by {sig.name}"]
+    wait_for("\nupdate ")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert (tmp_path / "err.txt").read_text().splitlines() == ["trpo.py: stopped by Ctrl-C"]
     assert sorted(os.listdir(tmp_path)) == ["cache", "err.txt", "out.txt"]
-
-
-def test_ctrl_c_while_jax_imports_is_one_line(tmp_path):
-    """SIGINT delivered the moment trpo.py, run as a script, starts importing its first
-    third-party module (chex, then jax): one line and exit 130, no traceback."""
-    code = ("import builtins, os, runpy, signal, sys\n"
-            "real_import = builtins.__import__\n"
-            "def hook(name, *args, **kwargs):\n"
-            "    if name == 'chex':\n"
-            "        os.kill(os.getpid(), signal.SIGINT)\n"
-            "    return real_import(name, *args, **kwargs)\n"
-            "builtins.__import__ = hook\n"
-            "sys.argv = ['trpo.py']\n"
-            f"runpy.run_path({os.path.join(HERE, 'trpo.py')!r}, run_name='__main__')\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=tmp_path, env=user_env(), timeout=120)
-    assert result.returncode == 130 and result.stderr == "trpo.py: stopped by SIGINT\n", result
-
-
-def test_closed_stdout_is_one_line(tmp_path):
-    """`python trpo.py | head -1`: once the reader has gone, one line on stderr and exit 2, no
-    traceback."""
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "trpo.py"), *TINY,
-                             "--total_timesteps", "40960"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env=user_env(XDG_CACHE_HOME=str(tmp_path)))
-    assert proc.stdout.readline().startswith("TRPO on")
-    proc.stdout.close()
-    assert proc.wait(timeout=300) == 2
-    assert proc.stderr.read() == "trpo.py: error: stdout was closed, so the run stopped\n"
-
-
-def test_signal_while_writing_removes_the_half_written_temp(tmp_path):
-    """SIGTERM while an output's temporary file is half-written: the handler removes it, the
-    old file stays, one line, exit 143."""
-    path = tmp_path / "m.json"
-    path.write_text("old")
-    code = ("import os, signal, time, trpo\n"
-            f"path = {str(path)!r}\n"
-            "open(trpo.temp_path(path), 'w').write('half')\n"
-            "trpo.stop_on_signal((path,))\n"
-            "os.kill(os.getpid(), signal.SIGTERM)\n"
-            "time.sleep(60)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=HERE, env=user_env(), timeout=120)
-    assert result.returncode == 143 and result.stderr == "trpo.py: stopped by SIGTERM\n"
-    assert path.read_text() == "old" and os.listdir(tmp_path) == ["m.json"]
 
 
 def test_copied_alone_it_runs_imports_and_its_second_run_is_served_by_the_compile_cache(
         tmp_path):
     """trpo.py alone in an empty folder: `python trpo.py ...` runs, and run again with the same
     flags it compiles nothing new (the persistent cache holds as many entries as after the first
-    run); `python -c "import trpo"` works there too."""
+    run), with nothing on stderr; `python -c "import trpo"` works there too."""
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(os.path.join(HERE, "trpo.py"), alone)
@@ -1157,6 +1044,7 @@ def test_copied_alone_it_runs_imports_and_its_second_run_is_served_by_the_compil
                         cwd=str(alone))
         assert proc.wait(timeout=300) == 0, (tmp_path / "err.txt").read_text()
         assert (tmp_path / "out.txt").read_text().count("\nupdate ") == 2
+        assert (tmp_path / "err.txt").read_text() == ""
         entries.append(sorted(p.name for p in cache.iterdir()))
     assert any(name.startswith("jit_piece") for name in entries[0]) and entries[1] == entries[0]
     imported = subprocess.run([sys.executable, "-c", "import trpo; print(trpo.trpo_step)"],
