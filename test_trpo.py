@@ -513,7 +513,7 @@ def test_statistics_are_updated_at_every_step_as_vecnormalize(monkeypatch):
     traced = lambda s: (first_rollout(config, agent, s), trpo.update_step(agent, config, s)[0],
                         dict(seen))  # what the spy saw, returned from the trace
     tr, new_state, seen = jax.jit(traced)(state)
-    n, dim = config.num_envs, agent.obs_dim
+    n, dim = config.num_envs, state.obs_stats.mean.shape[0]
     obs_stats, return_stats = (np.zeros(dim), np.ones(dim), 1e-4), (np.zeros(1), np.ones(1), 1e-4)
     env_state, raw, running = state.runner.env_state, np.asarray(state.runner.obs, float), 0.0
     _, rollout_key, _ = jax.random.split(state.key, 3)

@@ -375,42 +375,40 @@ class ValueNetwork(nn.Module):
 
 # ----------------------------------------------------------------------------- 4. Rollout
 class Agent(NamedTuple):
-    """The static parts of a run: env, networks, and the action mapping."""
+    """The static parts of a run: env, networks, and the Box action bounds (None: discrete)."""
     env: Any
     env_params: Any
     policy: PolicyNetwork
     value: ValueNetwork
-    obs_dim: int
-    action_low: jax.Array | None  # Box envs only
+    action_low: jax.Array | None
     action_high: jax.Array | None
 
 
 def make_agent(config: Config, env: Any = None, env_params: Any = None) -> Agent:
     """The env is gymnax.make(config.env_name), or any object with gymnax's interface."""
     from gymnax.environments.spaces import Box, Discrete
-    if env is None and config.env_name not in gymnax.registered_envs:
-        raise ValueError(f"unknown env {config.env_name!r}; valid: "
-                         f"{', '.join(gymnax.registered_envs)}")
     if env is None:
+        if config.env_name not in gymnax.registered_envs:
+            raise ValueError(f"unknown env {config.env_name!r}; valid: "
+                             f"{', '.join(gymnax.registered_envs)}")
         with jax.ensure_compile_time_eval():  # FourRooms and MetaMaze build mazes with jnp
             env, env_params = gymnax.make(config.env_name)
     missing = [name for name in ("reset", "step", "action_space", "observation_space")
                if not callable(getattr(env, name, None))]
     if missing:
         raise ValueError(f"the env lacks gymnax's {', '.join(missing)}")
-    space, observations = env.action_space(env_params), env.observation_space(env_params)
-    for kind, s in (("action", space), ("observation", observations)):
+    space, sizes = env.action_space(env_params), tuple(config.hidden_sizes)
+    for kind, s in (("action", space), ("observation", env.observation_space(env_params))):
         if not isinstance(s, (Discrete, Box)):
             raise ValueError(f"unsupported {kind} space {type(s).__name__} in {config.env_name}")
-    sizes, obs_dim = tuple(config.hidden_sizes), max(1, math.prod(observations.shape))
     if isinstance(space, Discrete):
         return Agent(env, env_params, PolicyNetwork(int(space.n), True, sizes),
-                     ValueNetwork(sizes), obs_dim, None, None)
+                     ValueNetwork(sizes), None, None)
     dim = max(1, math.prod(space.shape))
     low, high = (jnp.broadcast_to(jnp.asarray(b, jnp.float32).reshape(-1), (dim,))
                  for b in (space.low, space.high))
     return Agent(env, env_params, PolicyNetwork(dim, False, sizes, config.init_log_std),
-                 ValueNetwork(sizes), obs_dim, low, high)
+                 ValueNetwork(sizes), low, high)
 
 
 def env_actions(agent: Agent, action: jax.Array) -> jax.Array:
@@ -462,7 +460,7 @@ class Transition(NamedTuple):
 
 class EnvRunner(NamedTuple):
     env_state: Any
-    obs: jax.Array  # [N, obs_dim]
+    obs: jax.Array  # [N, D]
     episode_return: jax.Array  # running, per env
     episode_length: jax.Array
     discounted_return: jax.Array
@@ -589,8 +587,8 @@ class Metrics(NamedTuple):
 def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
     """1 - Var(targets - predictions) / Var(targets)."""
     var = jnp.var(targets)
-    safe = jnp.where(var > 0, var, 1.0)
-    return jnp.where(var > 0, 1.0 - jnp.var(targets - predictions) / safe, 0.0)
+    return jnp.where(var > 0, 1.0 - jnp.var(targets - predictions) / jnp.where(var > 0, var, 1.0),
+                     0.0)
 
 
 def init_train_state(agent: Agent, config: Config, key: jax.Array) -> TrainState:
@@ -603,7 +601,7 @@ def init_train_state(agent: Agent, config: Config, key: jax.Array) -> TrainState
     unit = lambda dim: RunningStats(jnp.zeros(dim), jnp.ones(dim), jnp.array(1e-4))
     zeros = jnp.zeros(config.num_envs)
     runner = EnvRunner(env_state, obs, zeros, zeros.astype(jnp.int32), zeros)
-    return TrainState(agent.policy.init(policy_key, obs), critic, runner, unit(agent.obs_dim),
+    return TrainState(agent.policy.init(policy_key, obs), critic, runner, unit(obs.shape[1]),
                       unit(1), key, jnp.array(0), jnp.array(jnp.nan), jnp.array(jnp.nan))
 
 
@@ -617,26 +615,24 @@ def update_step(agent: Agent, config: Config, state: TrainState) -> tuple[TrainS
     advantages, targets = gae(tr.reward, tr.value, tr.next_value, tr.terminated, tr.truncated,
                               config.gamma, config.gae_lambda)
     flat = lambda x: x.reshape(-1, *x.shape[2:])
-    obs, adv = flat(tr.obs), flat(advantages)
+    obs, adv, targets, values = flat(tr.obs), flat(advantages), flat(targets), flat(tr.value)
     if config.normalize_advantages:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    batch = PolicyBatch(obs, flat(tr.action), adv, flat(tr.log_prob))
     hp = TRPOHyperparams(*(getattr(config, name) for name in TRPOHyperparams._fields))
     if config.anneal_max_kl:
         hp = hp._replace(max_kl=hp.max_kl * (1.0 - state.env_steps / config.total_timesteps))
-    policy_params, info = trpo_step(agent.policy.apply, state.policy_params, batch, hp)
-    critic, v_loss = update_critic(agent.value.apply, state.critic, obs, flat(targets),
-                                   critic_key, config)
-
+    policy_params, info = trpo_step(agent.policy.apply, state.policy_params,
+                                    PolicyBatch(obs, flat(tr.action), adv, flat(tr.log_prob)), hp)
+    critic, v_loss = update_critic(agent.value.apply, state.critic, obs, targets, critic_key,
+                                   config)
     count = (tr.terminated | tr.truncated).sum()
     mean_or_last = lambda total, last: jnp.where(count > 0, total / jnp.maximum(count, 1), last)
     episode_return = mean_or_last(tr.finished_return.sum(), state.last_return)
     episode_length = mean_or_last(tr.finished_length.sum().astype(jnp.float32), state.last_length)
-    env_steps = state.env_steps + config.num_envs * config.num_steps
-    ls = info.line_search
+    env_steps, ls = state.env_steps + obs.shape[0], info.line_search
     metrics = Metrics(env_steps, episode_return, episode_length, count, ls.kl, ls.backtracks,
                       ls.accepted, info.cg.iterations, info.cg.residual, ls.improvement,
-                      info.entropy, v_loss, explained_variance(flat(tr.value), flat(targets)))
+                      info.entropy, v_loss, explained_variance(values, targets))
     return TrainState(policy_params, critic, runner, obs_stats, return_stats, key, env_steps,
                       episode_return, episode_length), metrics
 
@@ -647,9 +643,8 @@ def num_updates(config: Config) -> int:
 
 def train_updates(agent: Agent, config: Config, state: TrainState,
                   length: int) -> tuple[TrainState, Metrics]:
-    """`length` iterations of update_step in one lax.scan. The training loop: make_train runs
-    the whole budget in one call, the command line in pieces between progress lines; updates
-    past the budget (in the last piece) change nothing."""
+    """The training loop: `length` update_steps in one lax.scan. make_train runs the whole budget
+    at once, the command line in pieces; an update past the budget changes nothing."""
     budget = num_updates(config) * config.num_envs * config.num_steps
 
     def body(state: TrainState, _):
@@ -660,9 +655,8 @@ def train_updates(agent: Agent, config: Config, state: TrainState,
 
 
 def make_train(config: Config, env: Any = None, env_params: Any = None) -> Callable:
-    """Returns train(key) -> (final TrainState, Metrics with a leading [num_updates] axis), so
-    jax.jit(train) compiles once and jax.jit(jax.vmap(train))(keys) trains many seeds.
-    env: any gymnax-style env (default: gymnax.make(config.env_name))."""
+    """train(key) -> (final TrainState, Metrics [num_updates]); jax.jit(jax.vmap(train))(keys)
+    trains many seeds. env: any gymnax-style env (default: gymnax.make(config.env_name))."""
     agent = make_agent(config, env, env_params)
     return lambda key: train_updates(agent, config, init_train_state(agent, config, key),
                                      num_updates(config))
@@ -730,14 +724,14 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def save_policy(path: str, config: Config, policy_params: Any, obs_stats: RunningStats) -> None:
-    """The Config, the policies and the observation statistics ([runs] each) as msgpack, written
-    in place: into the file a symlink names, never over a device or a FIFO (see parse_args)."""
+    """The Config, the policies and the observation statistics ([runs] each) as msgpack (which
+    takes no tuples), written in place: through a symlink, into the file it names."""
     from flax import serialization
-    arrays = jax.tree.map(np.asarray, {"policy_params": policy_params,
-                                       "obs_stats": obs_stats._asdict()})  # msgpack: no tuples
     saved = {**dataclasses.asdict(config), "hidden_sizes": list(config.hidden_sizes)}
+    arrays = {"policy_params": policy_params, "obs_stats": obs_stats._asdict()}
     with open(path, "wb") as f:
-        f.write(serialization.msgpack_serialize({"config": saved, **arrays}))
+        f.write(serialization.msgpack_serialize({"config": saved,
+                                                 **jax.tree.map(np.asarray, arrays)}))
 
 
 def load_policy(path: str) -> tuple[Config, Any, RunningStats]:
@@ -765,20 +759,20 @@ def load_policy(path: str) -> tuple[Config, Any, RunningStats]:
 
 # ----------------------------------------------------------------------------- 8. Command line
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]:
-    """Flags -> (options, Config, the --load file's (policies, obs statistics) or None), or a
-    one-line ValueError for anything that cannot run, before any training."""
+    """Flags -> (options, Config, the --load file's (policies, obs statistics) or None); a
+    one-line error for anything that cannot run, before any training."""
     import inspect
     import re
     comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(Config), re.M))
-    add = (parser := argparse.ArgumentParser("trpo.py", allow_abbrev=False,
-                                             exit_on_error=False)).add_argument
+    parser = argparse.ArgumentParser("trpo.py", allow_abbrev=False, exit_on_error=False)
+    add = parser.add_argument
     add("--env", dest="env_name", default=Config.env_name, help="gymnax env (default: %(default)s)")
     types = {"int": int, "float": float, "tuple[int, ...]": lambda s: tuple(map(int, s.split(","))),
              "bool": lambda s: ("false", "true").index(s.lower()) == 1}
     for f in dataclasses.fields(Config)[1:]:
         add(f"--{f.name}", type=types[f.type], help=f"{comments[f.name]} (default: {f.default})")
-    add("--paper", action="store_true", help="the paper's TRPO: " + ", ".join(
-        f"{k}={v}" for k, v in PAPER.items()) + ", and of a preset only the budget and batch")
+    add("--paper", action="store_true", help=f"the paper's TRPO: {PAPER}, and of a preset only "
+        "the budget and batch")
     add("--seeds", type=int, default=1, help="seeds trained at once by vmap (default: 1)")
     add("--devices", type=int, default=1, help="split the seeds over N devices (default: 1)")
     add("--eval", type=int, default=0, metavar="N", help="N deterministic episodes per seed, then "
@@ -815,20 +809,19 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
 
 
 def train_runs(config: Config, args: argparse.Namespace) -> tuple[TrainState, Metrics]:
-    """args.seeds runs: init_train_state, then train_updates (make_train's loop) in jitted pieces
-    of ~1/20 of the updates, with a progress line between them. No callback inside, so JAX's
-    persistent compile cache serves the program the next time."""
+    """args.seeds runs, sharded over args.devices: init_train_state, then train_updates in jitted
+    pieces of ~1/20 of the updates with a progress line between them (no callback inside, so
+    JAX's persistent compile cache serves the program the next time)."""
     agent, updates = make_agent(config), num_updates(config)
     mesh = jax.make_mesh((args.devices,), ("seeds",), (jax.sharding.AxisType.Auto,),
                          devices=jax.devices()[:args.devices])
     seeds = jax.sharding.NamedSharding(mesh, jax.P("seeds"))  # independent: no communication
     keys = jax.device_put(jax.random.split(jax.random.PRNGKey(config.seed), args.seeds), seeds)
-    length = -(-updates // 20)
+    length, clock = -(-updates // 20), time.perf_counter()
 
     def piece(state: TrainState) -> tuple[TrainState, Metrics]:
         return train_updates(agent, config, state, length)
 
-    clock = time.perf_counter()
     state = jax.jit(jax.vmap(lambda key: init_train_state(agent, config, key)),
                     out_shardings=seeds)(keys)
     run = jax.jit(jax.vmap(piece), out_shardings=seeds).lower(state).compile()
@@ -844,10 +837,9 @@ def train_runs(config: Config, args: argparse.Namespace) -> tuple[TrainState, Me
             print(f"update {end:4d}/{updates}  steps {int(row.env_steps[0]):9d}  return {shown}  "
                   f"kl {row.kl.mean():.4f}  accepted {row.line_search_accepted.mean():.2f}  "
                   f"explained_var {row.explained_variance.mean():.2f}", flush=True)
-    rate = updates * args.seeds * config.num_envs * config.num_steps / (
-        time.perf_counter() - clock)
-    print(f"compile {compile_s:.1f} s, run {time.perf_counter() - clock:.1f} s "
-          f"({rate:,.0f} steps/s)", flush=True)
+    run_s = time.perf_counter() - clock
+    rate = updates * args.seeds * config.num_envs * config.num_steps / run_s
+    print(f"compile {compile_s:.1f} s, run {run_s:.1f} s ({rate:,.0f} steps/s)", flush=True)
     return state, jax.tree.map(lambda *m: np.concatenate(m, 1)[:, :updates], *pieces)
 
 
@@ -867,11 +859,14 @@ def plot_curves(path: str, metrics: Metrics, title: str) -> None:
     plt.close(fig)
 
 
+def fail(error: Any) -> int:
+    print(f"trpo.py: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python trpo.py [flags]`; returns the exit code: 0 done; 2 bad input, a non-finite run or
     a failed write, one line on stderr; 130 Ctrl-C."""
-    fail = lambda error: print(f"trpo.py: error: {' '.join(str(error).split())}",
-                               file=sys.stderr, flush=True) or 2
     try:
         args, config, loaded = parse_args(argv)
     except (ValueError, argparse.ArgumentError) as error:
