@@ -757,6 +757,22 @@ def load_policy(path: str) -> tuple[Config, Any, RunningStats]:
     return config, *loaded
 
 
+def plot_curves(path: str, metrics: Metrics, title: str) -> None:
+    """Mean +- std over seeds of the episode return against env steps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    returns = np.asarray(metrics.episode_return, np.float64)
+    ended, steps = np.isfinite(returns).any(0), metrics.env_steps[0]  # NaN: none ended yet
+    mean, std = np.nanmean(returns[:, ended], 0), np.nanstd(returns[:, ended], 0)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps[ended], mean)
+    ax.fill_between(steps[ended], mean - std, mean + std, alpha=0.25)
+    ax.set(xlabel="env steps", ylabel=f"episode return ({len(returns)} seeds)", title=title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- 8. Command line
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]:
     """Flags -> (options, Config, the --load file's (policies, obs statistics) or None); a
@@ -792,11 +808,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
         raise ValueError(f"--seeds {args.seeds} must be >= 1 and a multiple of --devices "
                          f"{args.devices} (of {jax.device_count()}); --eval {args.eval} >= 0")
     for flag, suffix in {"save": ".msgpack", "metrics": ".json", "plot": ".png"}.items():
-        path = getattr(args, flag)  # it may replace a regular file only, written in place
-        exists = path is not None and os.path.lexists(path)
-        if path is not None and (not path.endswith(suffix) or exists and not os.path.isfile(path)
-                                 or not os.access(path if exists else os.path.dirname(
-                                     os.path.abspath(path)), os.W_OK)):
+        path = getattr(args, flag) or ""  # it may replace a regular file only, written in place
+        where = path if os.path.lexists(path) else os.path.dirname(os.path.abspath(path))
+        if getattr(args, flag) is not None and not (path.endswith(suffix) and os.access(
+                where, os.W_OK) and (where != path or os.path.isfile(path))):
             raise ValueError(f"--{flag} {path!r}: expected a writable {suffix} path in a folder "
                              "that exists; if it exists, a regular file")
     if args.load and (explicit or args.paper or args.seeds > 1 or args.save or args.metrics
@@ -843,34 +858,9 @@ def train_runs(config: Config, args: argparse.Namespace) -> tuple[TrainState, Me
     return state, jax.tree.map(lambda *m: np.concatenate(m, 1)[:, :updates], *pieces)
 
 
-def plot_curves(path: str, metrics: Metrics, title: str) -> None:
-    """Mean +- std over seeds of the episode return against env steps."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    returns = np.asarray(metrics.episode_return, np.float64)
-    ended, steps = np.isfinite(returns).any(0), metrics.env_steps[0]  # NaN: none ended yet
-    mean, std = np.nanmean(returns[:, ended], 0), np.nanstd(returns[:, ended], 0)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps[ended], mean)
-    ax.fill_between(steps[ended], mean - std, mean + std, alpha=0.25)
-    ax.set(xlabel="env steps", ylabel=f"episode return ({len(returns)} seeds)", title=title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def fail(error: Any) -> int:
-    print(f"trpo.py: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`python trpo.py [flags]`; returns the exit code: 0 done; 2 bad input, a non-finite run or
-    a failed write, one line on stderr; 130 Ctrl-C."""
-    try:
-        args, config, loaded = parse_args(argv)
-    except (ValueError, argparse.ArgumentError) as error:
-        return fail(error)
+    """`python trpo.py [flags]`; returns the exit code: 0 done; 2 bad input (before training), a
+    non-finite run or a failed write, one line on stderr; 130 Ctrl-C."""
     failed: list[str] = []
 
     def write(flag: str, writer: Callable[[str], Any]) -> None:  # a failure skips no other
@@ -881,6 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as error:
             failed.append(f"--{flag}: {error}")
     try:
+        args, config, loaded = parse_args(argv)
         if loaded:
             (policy_params, obs_stats), args.eval = loaded, args.eval or 10
         else:
@@ -891,8 +882,8 @@ def main(argv: list[str] | None = None) -> int:
                    state.critic), ("statistics", (state.obs_stats, state.return_stats)))
                    if not all(np.isfinite(x).all() for x in jax.tree.leaves(tree))]
             if bad:  # episode_return is NaN until an episode ends: only the state decides
-                return fail(f"training went non-finite ({', '.join(bad)}); nothing is written "
-                            "(lower --vf_lr or --max_kl)")
+                raise ValueError(f"training went non-finite ({', '.join(bad)}); nothing is "
+                                 "written (lower --vf_lr or --max_kl)")
             policy_params, obs_stats = state.policy_params, state.obs_stats
             write("save", lambda path: save_policy(path, config, policy_params, obs_stats))
         runs = [{"seed": config.seed, "seed_index": i} for i in range(len(obs_stats.count))]
@@ -908,7 +899,12 @@ def main(argv: list[str] | None = None) -> int:
             write("metrics", lambda path: Path(path).write_text(json.dumps({"runs": runs, **{
                 k: strict(v) for k, v in metrics._asdict().items()}})))  # null: no episode yet
             write("plot", lambda path: plot_curves(path, metrics, config.env_name))
-        return fail("; ".join(failed)) if failed else 0
+        if failed:
+            raise ValueError("; ".join(failed))
+        return 0
+    except (ValueError, argparse.ArgumentError) as error:
+        print(f"trpo.py: error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:
         print("trpo.py: stopped by Ctrl-C", file=sys.stderr)
         return 130
