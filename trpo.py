@@ -819,15 +819,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
         raise ValueError("--load takes only --eval, --devices and --quiet: the file holds the rest")
     config, *loaded = load_policy(args.load) if args.load else (
         make_config(args.env_name, args.paper, **explicit),)
-    make_agent(config)  # an unknown env: one line
     return args, config, loaded
 
 
-def train_runs(config: Config, args: argparse.Namespace) -> tuple[TrainState, Metrics]:
+def train_runs(agent: Agent, config: Config,
+               args: argparse.Namespace) -> tuple[TrainState, Metrics]:
     """args.seeds runs, sharded over args.devices: init_train_state, then train_updates in jitted
     pieces of ~1/20 of the updates with a progress line between them (no callback inside, so
     JAX's persistent compile cache serves the program the next time)."""
-    agent, updates = make_agent(config), num_updates(config)
+    updates = num_updates(config)
     mesh = jax.make_mesh((args.devices,), ("seeds",), (jax.sharding.AxisType.Auto,),
                          devices=jax.devices()[:args.devices])
     seeds = jax.sharding.NamedSharding(mesh, jax.P("seeds"))  # independent: no communication
@@ -872,12 +872,13 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(f"--{flag}: {error}")
     try:
         args, config, loaded = parse_args(argv)
+        agent = make_agent(config)  # an unknown env: one line, before training
         if loaded:
             (policy_params, obs_stats), args.eval = loaded, args.eval or 10
         else:
             print(f"TRPO on {config.env_name}: {args.seeds} seed(s) x {num_updates(config)} "
                   f"updates x {config.num_envs * config.num_steps} steps", flush=True)
-            state, metrics = train_runs(config, args)
+            state, metrics = train_runs(agent, config, args)
             bad = [name for name, tree in (("policy", state.policy_params), ("critic",
                    state.critic), ("statistics", (state.obs_stats, state.return_stats)))
                    if not all(np.isfinite(x).all() for x in jax.tree.leaves(tree))]
@@ -888,8 +889,7 @@ def main(argv: list[str] | None = None) -> int:
             write("save", lambda path: save_policy(path, config, policy_params, obs_stats))
         runs = [{"seed": config.seed, "seed_index": i} for i in range(len(obs_stats.count))]
         if args.eval:
-            returns = evaluate_seeds(make_agent(config), config, policy_params, obs_stats,
-                                     args.eval)
+            returns = evaluate_seeds(agent, config, policy_params, obs_stats, args.eval)
             summary = summarize_seeds(returns, SOLVED.get(config.env_name))
             print(f"eval: {args.eval} deterministic episodes per seed, {len(returns)} seed(s) "
                   f"[{', '.join(f'{r:.1f}' for r in returns)}]: {format_summary(summary)}")
