@@ -814,9 +814,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
                 where, os.W_OK) and (where != path or os.path.isfile(path))):
             raise ValueError(f"--{flag} {path!r}: expected a writable {suffix} path in a folder "
                              "that exists; if it exists, a regular file")
-    if args.load and (explicit or args.paper or args.seeds > 1 or args.save or args.metrics
-                      or args.plot):
-        raise ValueError("--load takes only --eval, --devices and --quiet: the file holds the rest")
+    if args.load and (explicit or args.paper or args.seeds > 1 or args.devices > 1 or args.save
+                      or args.metrics or args.plot):
+        raise ValueError("--load takes only --eval and --quiet: the file holds the rest")
     config, *loaded = load_policy(args.load) if args.load else (
         make_config(args.env_name, args.paper, **explicit),)
     return args, config, loaded
