@@ -199,7 +199,7 @@ def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, terminate
 
 
 class PolicyBatch(NamedTuple):
-    obs: jax.Array  # [B, obs_dim], as the policy sees them
+    obs: Any  # [B, obs_dim] as the policy sees them; or any pytree that policy_apply takes
     action: jax.Array
     advantage: jax.Array  # [B]
     old_log_prob: jax.Array  # [B]
@@ -481,6 +481,27 @@ def step_envs(agent: Agent, env_state: Any, action: jax.Array, key: jax.Array) -
             flat(terminated).astype(bool), flat(truncated).astype(bool), info)
 
 
+def track_episodes(agent: Agent, config: Config, runner: EnvRunner, return_stats: RunningStats,
+                   action: jax.Array, key: jax.Array) -> tuple[EnvRunner, RunningStats, tuple]:
+    """Step the envs with any policy's actions and keep the episode accounting: returns the new
+    runner and return statistics, and (reward as the critic sees it, terminated, truncated, the
+    flattened final observation, return and length of the episodes that ended, else 0)."""
+    obs, env_state, reward, terminated, truncated, info = step_envs(
+        agent, runner.env_state, action, key)
+    done = terminated | truncated
+    ep_return, ep_length = runner.episode_return + reward, runner.episode_length + 1
+    discounted = runner.discounted_return * config.gamma + reward
+    scaled = reward
+    if config.normalize_rewards:
+        return_stats = update_running_stats(return_stats, discounted[:, None])
+        scaled = jnp.clip(reward / jnp.sqrt(return_stats.var[0] + 1e-8), -10.0, 10.0)
+    reset = lambda x: jnp.where(done, 0, x).astype(x.dtype)
+    runner = EnvRunner(env_state, obs, reset(ep_return), reset(ep_length), reset(discounted))
+    final_obs = flat_obs(info["final_observation"], obs.shape[0])
+    return runner, return_stats, (scaled, terminated, truncated, final_obs,
+                                  jnp.where(done, ep_return, 0.0), jnp.where(done, ep_length, 0))
+
+
 def rollout(agent: Agent, policy_params: Any, value_params: Any, runner: EnvRunner,
             obs_stats: RunningStats, return_stats: RunningStats, key: jax.Array,
             config: Config) -> tuple[EnvRunner, RunningStats, RunningStats, Transition]:
@@ -492,26 +513,15 @@ def rollout(agent: Agent, policy_params: Any, value_params: Any, runner: EnvRunn
         runner, obs_stats, return_stats = carry
         if config.normalize_observations:
             obs_stats = update_running_stats(obs_stats, runner.obs)
-        norm = lambda o: normalize(o, obs_stats, config.normalize_observations)
         act_key, env_key = jax.random.split(step_key)
-        seen = norm(runner.obs)  # s_t as the policy sees it
+        seen = normalize(runner.obs, obs_stats, config.normalize_observations)  # s_t as seen
         dist = agent.policy.apply(policy_params, seen)
         action = sample(dist, act_key)
-        obs, env_state, reward, terminated, truncated, info = step_envs(
-            agent, runner.env_state, action, env_key)
-        done = terminated | truncated
-        ep_return, ep_length = runner.episode_return + reward, runner.episode_length + 1
-        discounted = runner.discounted_return * config.gamma + reward
-        scaled = reward
-        if config.normalize_rewards:
-            return_stats = update_running_stats(return_stats, discounted[:, None])
-            scaled = jnp.clip(reward / jnp.sqrt(return_stats.var[0] + 1e-8), -10.0, 10.0)
-        final_obs = norm(flat_obs(info["final_observation"], config.num_envs))
-        out = (seen, action, scaled, terminated, truncated, log_prob(dist, action),
-               final_obs, jnp.where(done, ep_return, 0.0), jnp.where(done, ep_length, 0))
-        reset = lambda x: jnp.where(done, 0, x).astype(x.dtype)
-        runner = EnvRunner(env_state, obs, reset(ep_return), reset(ep_length), reset(discounted))
-        return (runner, obs_stats, return_stats), out
+        runner, return_stats, (reward, term, trunc, final_obs, ret, length) = track_episodes(
+            agent, config, runner, return_stats, action, env_key)
+        final_obs = normalize(final_obs, obs_stats, config.normalize_observations)
+        return (runner, obs_stats, return_stats), (seen, action, reward, term, trunc,
+                                                   log_prob(dist, action), final_obs, ret, length)
 
     (runner, obs_stats, return_stats), (obs, action, reward, term, trunc, logp, final_obs, ret,
                                         length) = jax.lax.scan(
@@ -527,18 +537,18 @@ class CriticState(NamedTuple):
     opt_state: Any
 
 
-def value_loss(value_apply: Callable, params: Any, obs: jax.Array,
+def value_loss(value_apply: Callable, params: Any, obs: Any,
                targets: jax.Array) -> jax.Array:
     """L_V(phi) = mean_t (V_phi(s_t) - V_t^target)^2, V^target = A^GAE + V_old (lambda-returns)."""
     return jnp.mean((value_apply(params, obs) - targets) ** 2)
 
 
-def update_critic(value_apply: Callable, critic: CriticState, obs: jax.Array, targets: jax.Array,
+def update_critic(value_apply: Callable, critic: CriticState, obs: Any, targets: jax.Array,
                   key: jax.Array, config: Config) -> tuple[CriticState, jax.Array]:
-    """Adam regression of V on the targets: vf_epochs passes of vf_minibatches minibatches.
-    (GAE Sec. 5 fits V by a trust-region step instead.) Returns the critic and the last pass's
-    mean minibatch loss."""
-    chex.assert_rank(targets, 1)
+    """Adam regression of V on the targets: vf_epochs passes of vf_minibatches minibatches, split
+    on axis 0 of targets and of every leaf of obs. (GAE Sec. 5 fits V by a trust-region step
+    instead.) Returns the critic and the last pass's mean minibatch loss."""
+    chex.assert_equal_shape_prefix(jax.tree.leaves((obs, targets)), 1)
     optimizer = optax.adam(config.vf_lr)
 
     def minibatch_step(critic: CriticState, batch):
@@ -549,7 +559,7 @@ def update_critic(value_apply: Callable, critic: CriticState, obs: jax.Array, ta
     def epoch(critic: CriticState, epoch_key):
         perm = jax.random.permutation(epoch_key, targets.shape[0])
         shuffle = lambda x: x[perm].reshape(config.vf_minibatches, -1, *x.shape[1:])
-        return jax.lax.scan(minibatch_step, critic, (shuffle(obs), shuffle(targets)))
+        return jax.lax.scan(minibatch_step, critic, jax.tree.map(shuffle, (obs, targets)))
 
     critic, losses = jax.lax.scan(epoch, critic, jax.random.split(key, config.vf_epochs))
     return critic, losses[-1].mean()
@@ -605,6 +615,26 @@ def init_train_state(agent: Agent, config: Config, key: jax.Array) -> TrainState
                       unit(1), key, jnp.array(0), jnp.array(jnp.nan), jnp.array(jnp.nan))
 
 
+def trpo_hyperparams(config: Config, env_steps: jax.Array) -> TRPOHyperparams:
+    """The core's hyperparameters from config, delta annealed linearly to 0 if anneal_max_kl."""
+    hp = TRPOHyperparams(*(getattr(config, name) for name in TRPOHyperparams._fields))
+    if config.anneal_max_kl:
+        hp = hp._replace(max_kl=hp.max_kl * (1.0 - env_steps / config.total_timesteps))
+    return hp
+
+
+def update_metrics(state: TrainState, tr: Transition, info: TRPOInfo, value_loss: jax.Array,
+                   targets: jax.Array) -> Metrics:
+    """What one update did; its episode statistics average the episodes that ended in it."""
+    count, ls = (tr.terminated | tr.truncated).sum(), info.line_search
+    mean_or_last = lambda total, last: jnp.where(count > 0, total / jnp.maximum(count, 1), last)
+    return Metrics(state.env_steps + tr.reward.size,
+                   mean_or_last(tr.finished_return.sum(), state.last_return),
+                   mean_or_last(tr.finished_length.sum().astype(jnp.float32), state.last_length),
+                   count, ls.kl, ls.backtracks, ls.accepted, info.cg.iterations, info.cg.residual,
+                   ls.improvement, info.entropy, value_loss, explained_variance(tr.value, targets))
+
+
 def update_step(agent: Agent, config: Config, state: TrainState) -> tuple[TrainState, Metrics]:
     """One iteration of GAE's Algorithm 1: rollout -> advantages -> TRPO policy step -> critic
     regression, on observations and rewards as the rollout scaled them."""
@@ -615,40 +645,32 @@ def update_step(agent: Agent, config: Config, state: TrainState) -> tuple[TrainS
     advantages, targets = gae(tr.reward, tr.value, tr.next_value, tr.terminated, tr.truncated,
                               config.gamma, config.gae_lambda)
     flat = lambda x: x.reshape(-1, *x.shape[2:])
-    obs, adv, targets, values = flat(tr.obs), flat(advantages), flat(targets), flat(tr.value)
+    obs, adv = flat(tr.obs), flat(advantages)
     if config.normalize_advantages:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    hp = TRPOHyperparams(*(getattr(config, name) for name in TRPOHyperparams._fields))
-    if config.anneal_max_kl:
-        hp = hp._replace(max_kl=hp.max_kl * (1.0 - state.env_steps / config.total_timesteps))
     policy_params, info = trpo_step(agent.policy.apply, state.policy_params,
-                                    PolicyBatch(obs, flat(tr.action), adv, flat(tr.log_prob)), hp)
-    critic, v_loss = update_critic(agent.value.apply, state.critic, obs, targets, critic_key,
-                                   config)
-    count = (tr.terminated | tr.truncated).sum()
-    mean_or_last = lambda total, last: jnp.where(count > 0, total / jnp.maximum(count, 1), last)
-    episode_return = mean_or_last(tr.finished_return.sum(), state.last_return)
-    episode_length = mean_or_last(tr.finished_length.sum().astype(jnp.float32), state.last_length)
-    env_steps, ls = state.env_steps + obs.shape[0], info.line_search
-    metrics = Metrics(env_steps, episode_return, episode_length, count, ls.kl, ls.backtracks,
-                      ls.accepted, info.cg.iterations, info.cg.residual, ls.improvement,
-                      info.entropy, v_loss, explained_variance(values, targets))
-    return TrainState(policy_params, critic, runner, obs_stats, return_stats, key, env_steps,
-                      episode_return, episode_length), metrics
+                                    PolicyBatch(obs, flat(tr.action), adv, flat(tr.log_prob)),
+                                    trpo_hyperparams(config, state.env_steps))
+    critic, v_loss = update_critic(agent.value.apply, state.critic, obs, flat(targets),
+                                   critic_key, config)
+    m = update_metrics(state, tr, info, v_loss, targets)
+    return TrainState(policy_params, critic, runner, obs_stats, return_stats, key, m.env_steps,
+                      m.episode_return, m.episode_length), m
 
 
 def num_updates(config: Config) -> int:
     return config.total_timesteps // (config.num_envs * config.num_steps)
 
 
-def train_updates(agent: Agent, config: Config, state: TrainState,
-                  length: int) -> tuple[TrainState, Metrics]:
-    """The training loop: `length` update_steps in one lax.scan. make_train runs the whole budget
-    at once, the command line in pieces; an update past the budget changes nothing."""
+def train_updates(agent: Agent, config: Config, state: TrainState, length: int,
+                  step: Callable = update_step) -> tuple[TrainState, Metrics]:
+    """The training loop: `length` update steps (update_step, or a variant's) in one lax.scan.
+    make_train runs the whole budget at once, the command line in pieces; an update past the
+    budget changes nothing."""
     budget = num_updates(config) * config.num_envs * config.num_steps
 
     def body(state: TrainState, _):
-        new, metrics = update_step(agent, config, state)
+        new, metrics = step(agent, config, state)
         return jax.tree.map(lambda a, b: jnp.where(state.env_steps < budget, a, b), new,
                             state), metrics
     return jax.lax.scan(body, state, length=length)
@@ -822,8 +844,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
     return args, config, loaded
 
 
-def train_runs(agent: Agent, config: Config,
-               args: argparse.Namespace) -> tuple[TrainState, Metrics]:
+def train_runs(agent: Agent, config: Config, args: argparse.Namespace,
+               init: Callable = init_train_state,
+               step: Callable = update_step) -> tuple[TrainState, Metrics]:
     """args.seeds runs, sharded over args.devices: init_train_state, then train_updates in jitted
     pieces of ~1/20 of the updates with a progress line between them (no callback inside, so
     JAX's persistent compile cache serves the program the next time)."""
@@ -835,9 +858,9 @@ def train_runs(agent: Agent, config: Config,
     length, clock = -(-updates // 20), time.perf_counter()
 
     def piece(state: TrainState) -> tuple[TrainState, Metrics]:
-        return train_updates(agent, config, state, length)
+        return train_updates(agent, config, state, length, step)
 
-    state = jax.jit(jax.vmap(lambda key: init_train_state(agent, config, key)),
+    state = jax.jit(jax.vmap(lambda key: init(agent, config, key)),
                     out_shardings=seeds)(keys)
     run = jax.jit(jax.vmap(piece), out_shardings=seeds).lower(state).compile()
     compile_s, clock, pieces = time.perf_counter() - clock, time.perf_counter(), []
