@@ -1,0 +1,93 @@
+"""gymnax's four memory rows: examples/recurrent.py's GRU TRPO beside trpo.py's feed-forward
+TRPO at the same budget, on held-out seeds (key 1), with gymnax's published return.
+
+Both use trpo.py's preset for the env and its defaults otherwise (the GRU: --hidden_size's
+default); nothing was tuned for this table. Evaluation is bench/gymnax_table.py's: deterministic
+episodes, the same evaluation keys, the IQM of per-seed means with a bootstrap interval and the
+worst seed. Each env's row is written to --out when it ends; an env already there is skipped.
+
+    python bench/memory_table.py --seeds 16                # every row not yet in the JSON
+    python bench/memory_table.py --markdown                # the table, into RESULTS.md
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "examples"), HERE]
+import jax  # noqa: E402
+
+import recurrent  # noqa: E402
+import trpo  # noqa: E402
+from gymnax_table import HELDOUT_SEED, PUBLISHED, eval_keys, evaluate_runs  # noqa: E402
+
+# env: budget in env steps, chosen so that the table runs in about an hour on 2 CPU cores
+BUDGETS = {"MemoryChain-bsuite": 150_000, "BernoulliBandit-misc": 250_000,
+           "PointRobot-misc": 500_000, "MetaMaze-misc": 500_000}
+
+
+def run_env(env_name: str, seeds: int, episodes: int) -> dict:
+    config = trpo.make_config(env_name, total_timesteps=BUDGETS[env_name], seed=HELDOUT_SEED)
+    keys = jax.random.split(jax.random.PRNGKey(HELDOUT_SEED), seeds)
+    row = {"env": env_name, "published": PUBLISHED[env_name][:2], "steps": config.total_timesteps,
+           "seeds": seeds, "episodes": episodes, "device": jax.devices()[0].device_kind,
+           "preset": trpo.PRESETS.get(env_name, {})}
+    for name, make_train in ("feed_forward", trpo.make_train), ("recurrent", recurrent.make_train):
+        train = jax.jit(jax.vmap(make_train(config))).lower(keys).compile()
+        start = time.perf_counter()
+        state, _ = jax.block_until_ready(train(keys))
+        train_s = time.perf_counter() - start
+        if name == "feed_forward":
+            per_seed = evaluate_runs(config, state, episodes)
+        else:
+            agent = recurrent.make_agent(config)
+            run = jax.vmap(lambda p, s, k: recurrent.evaluate(agent, config, p, s, k, episodes))
+            per_seed = np.asarray(jax.jit(run)(state.policy_params, state.obs_stats,
+                                               eval_keys(seeds))).mean(1)
+        summary = trpo.summarize_seeds(per_seed)
+        row[name] = {"iqm": summary["iqm"], "iqm_ci": summary["iqm_ci"], "worst": summary["worst"],
+                     "train_s": round(train_s, 1),
+                     "steps_per_s": round(seeds * config.total_timesteps / train_s),
+                     "per_seed": [float(x) for x in per_seed]}
+        print(f"{env_name} {name}: {trpo.format_summary(summary)}; {train_s:.0f} s", flush=True)
+    return row
+
+
+def markdown(rows: dict) -> str:
+    lines = ["| env | published | budget | feed-forward IQM [95% CI] (worst) | recurrent IQM "
+             "[95% CI] (worst) | steps/s ff / rnn |", "|---|---:|---:|---:|---:|---:|"]
+    cell = lambda r: (f"{r['iqm']:.2f} [{r['iqm_ci'][0]:.2f}, {r['iqm_ci'][1]:.2f}] "
+                      f"({r['worst']:.2f})")
+    for r in rows.values():
+        ff, rnn = r["feed_forward"], r["recurrent"]
+        lines.append(f"| {r['env']} | {r['published'][0]} ({r['published'][1]}) | "
+                     f"{r['steps'] / 1e6:g}M | {cell(ff)} | {cell(rnn)} | "
+                     f"{ff['steps_per_s']:,} / {rnn['steps_per_s']:,} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envs", default=",".join(BUDGETS))
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--out", default=os.path.join(HERE, "memory_table.json"))
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    rows = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    if args.markdown:
+        print(markdown(rows))
+        return
+    for env_name in args.envs.split(","):
+        if env_name not in rows:
+            rows[env_name] = run_env(env_name, args.seeds, args.episodes)
+            with open(args.out, "w") as f:
+                json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
