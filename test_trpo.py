@@ -1052,43 +1052,14 @@ def test_copied_alone_it_runs_imports_and_its_second_run_is_served_by_the_compil
     assert imported.returncode == 0, imported.stderr
 
 
-# ----------------------------------------------------------------------------- bench/
-def test_bench_scripts_use_only_what_trpo_exports():
-    """Every trpo.<name> a bench script reads exists, and none imports a CLI module."""
+# -------------------------------------------------------------------- bench/ and examples/
+def test_bench_and_example_scripts_use_only_what_trpo_exports():
+    """Every trpo.<name> a script in bench/ or examples/ reads exists."""
     import ast
-    for name in sorted(os.listdir(os.path.join(HERE, "bench"))):
-        if name.endswith(".py"):
-            tree = ast.parse(open(os.path.join(HERE, "bench", name)).read())
-            used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
-                    and isinstance(node.value, ast.Name) and node.value.id == "trpo"}
-            assert not [n for n in used if not hasattr(trpo, n)], (name, used)
-            assert "trpo_cli" not in {alias.name for node in ast.walk(tree)
-                                      if isinstance(node, (ast.Import, ast.ImportFrom))
-                                      for alias in node.names}, name
-
-
-def test_brax_adapter_bootstraps_a_time_limit_from_v_of_the_final_observation():
-    """bench/brax_env.py (skipped without brax; CI installs only requirements.txt): with a
-    5-step limit on inverted_pendulum, step 5 of each env is truncated, not terminated, and its
-    V(s') is V of the observation reached by replaying the stored actions through the bare Brax
-    env from the first state, here; the next step starts a new episode elsewhere."""
-    pytest.importorskip("brax")
-    sys.path.insert(0, os.path.join(HERE, "bench"))
-    from brax_env import BraxEnv
-    env = BraxEnv("inverted_pendulum", backend="spring", episode_length=5)
-    config = tiny_config("brax-inverted_pendulum", num_envs=2, num_steps=8)
-    agent = trpo.make_agent(config, env, env.default_params)
-    state = trpo.init_train_state(agent, config, jax.random.PRNGKey(0))
-    shifted = jax.tree.map(lambda p: p + 0.5 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
-                           state.critic.params)  # a critic that tells observations apart
-    *_, tr = trpo.rollout(agent, state.policy_params, shifted, state.runner, state.obs_stats,
-                          state.return_stats, jax.random.PRNGKey(1), config)
-    value = lambda o: float(agent.value.apply(shifted, o))
-    assert np.asarray(tr.truncated).nonzero()[0].tolist() == [4, 4]
-    assert not np.asarray(tr.terminated).any()
-    for n in range(2):
-        brax_state = jax.tree.map(lambda x: x[n], state.runner.env_state.brax)
-        for t in range(5):
-            brax_state = env.env.step(brax_state, jnp.clip(tr.action[t, n], -1, 1))
-        assert tr.next_value[4, n] == pytest.approx(value(brax_state.obs), rel=1e-5, abs=1e-6)
-        assert not np.allclose(tr.obs[5, n], brax_state.obs)
+    for folder in ("bench", "examples"):
+        for name in sorted(os.listdir(os.path.join(HERE, folder))):
+            if name.endswith(".py"):
+                tree = ast.parse(open(os.path.join(HERE, folder, name)).read())
+                used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                        and isinstance(node.value, ast.Name) and node.value.id == "trpo"}
+                assert used <= set(dir(trpo)), (name, used - set(dir(trpo)))

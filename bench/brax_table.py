@@ -2,7 +2,7 @@
 
 Both run in this process, one after the other, and are scored the same way: the mean of
 --episodes deterministic episodes (1000 steps, or until the env terminates) per seed, then the
-IQM over seeds and the worst seed. TRPO trains through bench/brax_env.py (time limits
+IQM over seeds and the worst seed. TRPO trains through examples/brax_env.py (time limits
 bootstrapped from the pre-reset observation), all seeds vmapped in one jit, on held-out seeds
 (key 1). PPO is `brax.training.agents.ppo.train` with its defaults (PPO below), and sb3 is
 sb3-contrib's TRPO with the zoo's MuJoCo setting (SB3 below), each one seed after another.
@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]
+sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "examples")]
 warnings.filterwarnings("ignore")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -9,7 +9,7 @@ itself:
   `info["final_observation"]`, the true observation before the reset;
 - a finished episode restarts from `env.reset` with a fresh key.
 
-    import trpo
+    import trpo  # run from the repository root, with examples/ on sys.path
     from brax_env import BraxEnv
     env = BraxEnv("hopper", backend="spring")
     train = trpo.make_train(trpo.make_config("brax-hopper"), env, env.default_params)
