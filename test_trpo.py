@@ -682,42 +682,87 @@ def test_property_random_configs_stay_finite():
     check()
 
 
-MULTI_DEVICE_SCRIPT = """
-import trpo
-flags = ["--num_envs", "8", "--num_steps", "32", "--total_timesteps", "768", "--hidden_sizes",
-         "16,16", "--seeds", "4", "--quiet", "--cg_residual_tol", "0"]  # a residual stop is
-for devices in ("1", "4"):                                 # reassociation-sensitive
-    assert trpo.main([*flags, "--devices", devices, "--metrics", f"{devices}.json"]) == 0
-"""
+def launch(cwd, args, devices, **env):
+    """python args... on `devices` forced CPU devices, with its own compile cache."""
+    return subprocess.Popen([sys.executable, *map(str, args)], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=user_env(
+                                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                                JAX_PLATFORMS="cpu", PYTHONPATH=HERE,
+                                XDG_CACHE_HOME=str(cwd / "cache"), **env))
 
 
-def test_seeds_split_over_four_devices_match_one_device(tmp_path):
-    """--devices 4 trains 4 seeds, one per (forced CPU) device: every per-update metric of every
-    seed equals the 1-device run's."""
-    env = user_env(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-                   PYTHONPATH=HERE)
-    result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], capture_output=True,
-                            text=True, cwd=tmp_path, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    one, four = (json.loads((tmp_path / f"{d}.json").read_text()) for d in (1, 4))
-    for name in trpo.Metrics._fields:
-        np.testing.assert_allclose(np.asarray(four[name], float), np.asarray(one[name], float),
-                                   rtol=1e-4, atol=1e-5, err_msg=name)
+def finish(*procs, timeout=300):
+    """[(returncode, stdout, stderr)], every process ended within the timeout (else killed)."""
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+        return [(p.returncode, *output) for p, output in zip(procs, outputs)]
+    finally:
+        for p in procs:
+            p.kill()
 
 
-def test_the_readme_own_env_example_runs_as_written_and_learns(tmp_path):
-    """The README's own-env example (a gymnax Environment subclass through make_train), pasted
-    into a file beside trpo.py, runs, and at least 7 of its 8 seeds walk the corridor (return 1
-    in every deterministic episode). False-failure odds: 512 of 512 seeds of key 5 did so with
-    that config, so the per-seed failure rate is below 0.6% (95%, rule of three) and two
-    failures of 8 below 0.2%."""
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_runs_split_over_devices_and_processes_agree_with_one_device(tmp_path):
+    """4 seeds on 1 device, on 4 CPU devices of one process, and on 2 processes x 2 devices
+    (--distributed on loopback) give the same per-update metrics for every seed (float32
+    rounding of different batch shapes aside); process 0 alone prints and writes, completely;
+    process 1 exits 0 without a progress line."""
+    flags = [os.path.join(HERE, "trpo.py"), "--num_envs", "8", "--num_steps", "32",
+             "--total_timesteps", "768", "--hidden_sizes", "16,16", "--seeds", "4",
+             "--cg_residual_tol", "0"]  # a residual stop is reassociation-sensitive
+    coordinator = dict(JAX_COORDINATOR_ADDRESS=f"localhost:{free_port()}")
+    results = finish(launch(tmp_path, [*flags, "--metrics", "1.json"], 1),
+                     launch(tmp_path, [*flags, "--metrics", "4.json"], 4),
+                     launch(tmp_path, [*flags, "--distributed", 2, 0, "--metrics", "2x2.json",
+                                       "--save", "2x2.msgpack", "--eval", 2], 2, **coordinator),
+                     launch(tmp_path, [*flags, "--distributed", 2, 1], 2, **coordinator))
+    assert [r[0] for r in results] == [0] * 4, [r[2][-2000:] for r in results]
+    assert "update    3/3" in results[2][1] and "eval: 2 deterministic" in results[2][1]
+    assert "update" not in results[3][1] and "eval" not in results[3][1]
+    one = json.loads((tmp_path / "1.json").read_text())
+    assert [sorted(run) for run in json.loads((tmp_path / "2x2.json").read_text())["runs"]] == [
+        ["eval_return", "seed", "seed_index"]] * 4
+    for name in ("4", "2x2"):
+        other = json.loads((tmp_path / f"{name}.json").read_text())
+        for field in trpo.Metrics._fields:
+            np.testing.assert_allclose(np.asarray(other[field], float),
+                                       np.asarray(one[field], float), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name}: {field}")
+    config, params, stats = trpo.load_policy(str(tmp_path / "2x2.msgpack"))
+    assert stats.count.shape == (4,)
+
+
+def test_the_readme_multi_host_recipe_runs_as_written_on_two_processes(tmp_path):
+    """The README's multi-host recipe, pasted into a file, run as 2 processes x 2 CPU devices
+    under what SLURM would set: both processes print every run's final training return."""
     readme = open(os.path.join(HERE, "README.md")).read()
     blocks = [b.split("```")[0] for b in readme.split("```python\n")[1:]]
-    example = next(b for b in blocks if "class Corridor(environment.Environment)" in b)
-    shutil.copy(os.path.join(HERE, "trpo.py"), tmp_path)
-    (tmp_path / "own_env.py").write_text(example)
-    run = subprocess.run([sys.executable, "own_env.py"], cwd=tmp_path, capture_output=True,
-                         text=True, env=user_env(), timeout=300)
+    recipe = next(b for b in blocks if "jax.distributed.initialize()" in b)
+    (tmp_path / "recipe.py").write_text(recipe)
+    slurm = dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+                 JAX_COORDINATOR_PORT=str(free_port()))
+    results = finish(*(launch(tmp_path, ["recipe.py"], 2, SLURM_PROCID=str(i),
+                              SLURM_LOCALID=str(i), **slurm) for i in (0, 1)))
+    for i, (code, out, err) in enumerate(results):
+        assert code == 0, err[-2000:]
+        returns = out.split(f"process {i}: final training returns [")[1].split("]")[0].split()
+        assert len(returns) == 4 and all(float(r) > 0 for r in returns), out
+
+
+def test_the_own_env_example_runs_and_learns(tmp_path):
+    """examples/own_env.py (a gymnax Environment subclass through make_train) runs, and at least
+    7 of its 8 seeds walk the corridor (return 1 in every deterministic episode). False-failure
+    odds: 512 of 512 seeds of key 5 did so with that config, so the per-seed failure rate is
+    below 0.6% (95%, rule of three) and two failures of 8 below 0.2%."""
+    run = subprocess.run([sys.executable, os.path.join(HERE, "examples", "own_env.py")],
+                         cwd=tmp_path, capture_output=True, text=True, env=user_env(),
+                         timeout=300)
     assert run.returncode == 0, run.stderr
     returns = np.array(run.stdout.strip().splitlines()[-1].strip("[]").split(), float)
     assert len(returns) == 8 and (returns == 1.0).sum() >= 7, run.stdout
@@ -844,8 +889,8 @@ def test_cli_help_lists_every_config_field(capsys):
     for field in dataclasses.fields(trpo.Config):
         flag = "--env" if field.name == "env_name" else f"--{field.name}"
         assert re.search(rf"{flag}\b(?!_)", text), flag
-    for flag in ("--paper", "--seeds", "--devices", "--eval", "--save", "--load", "--metrics",
-                 "--plot", "--quiet"):
+    for flag in ("--paper", "--seeds", "--distributed", "--eval", "--save", "--load",
+                 "--metrics", "--plot", "--quiet"):
         assert re.search(rf"{flag}\b", text), flag
 
 
@@ -863,7 +908,7 @@ BAD_INPUTS = {  # case: (flags, what the one line says); {tmp} is the scratch fo
     "abbreviated flag": (["--vf", "1"], "unrecognized"),
     "flag without its value": (["--max_kl"], "expected one argument"),
     "zero seeds": (["--seeds", "0"], "--seeds"),
-    "seeds not a multiple of devices": (["--seeds", "3", "--devices", "2"], "--devices"),
+    "distributed with one value": (["--distributed", "2"], "--distributed"),
     "folder missing": (["--save", "{tmp}/no_such_dir/x.msgpack"], "--save"),
     "path is a folder": (["--metrics", "{tmp}"], "--metrics"),
     "save not msgpack": (["--save", "{tmp}/afile"], "--save"),

@@ -19,7 +19,6 @@ from typing import Any, Callable, NamedTuple
 
 import chex
 import flax.linen as nn
-import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -386,6 +385,7 @@ class Agent(NamedTuple):
 
 def make_agent(config: Config, env: Any = None, env_params: Any = None) -> Agent:
     """The env is gymnax.make(config.env_name), or any object with gymnax's interface."""
+    import gymnax  # here, not above: importing it starts JAX's backends (see --distributed)
     from gymnax.environments.spaces import Box, Discrete
     if env is None:
         if config.env_name not in gymnax.registered_envs:
@@ -812,7 +812,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
     add("--paper", action="store_true", help=f"the paper's TRPO: {PAPER}, and of a preset only "
         "the budget and batch")
     add("--seeds", type=int, default=1, help="seeds trained at once by vmap (default: 1)")
-    add("--devices", type=int, default=1, help="split the seeds over N devices (default: 1)")
+    add("--distributed", nargs="*", type=int, metavar="N", help="join the processes of a "
+        "multi-host run first: jax.distributed.initialize detects SLURM, Open MPI and k8s; "
+        "elsewhere give NUM_PROCESSES PROCESS_ID and set JAX_COORDINATOR_ADDRESS (host:port)")
     add("--eval", type=int, default=0, metavar="N", help="N deterministic episodes per seed, then "
         "the IQM, its bootstrap interval, the worst and failed seeds (--load: 10)")
     add("--save", metavar="PATH.msgpack", help="save the policies and observation statistics")
@@ -823,12 +825,16 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
     args, unknown = parser.parse_known_args(argv)  # argparse.ArgumentError for a bad value
     if unknown:
         raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.distributed is not None:  # before anything starts a JAX backend
+        if len(args.distributed) not in (0, 2):
+            raise ValueError("--distributed takes no values, or NUM_PROCESSES PROCESS_ID")
+        jax.distributed.initialize(None, *args.distributed)
     explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)[1:]
                 if getattr(args, f.name) is not None}
-    if args.seeds < 1 or args.eval < 0 or not 0 < args.devices <= jax.device_count() or (
-            args.seeds % args.devices):
-        raise ValueError(f"--seeds {args.seeds} must be >= 1 and a multiple of --devices "
-                         f"{args.devices} (of {jax.device_count()}); --eval {args.eval} >= 0")
+    if args.seeds < 1 or args.eval < 0 or (args.distributed is not None
+                                           and args.seeds % jax.device_count()):
+        raise ValueError(f"--seeds {args.seeds} must be >= 1 (with --distributed, a multiple of "
+                         f"the {jax.device_count()} devices); --eval {args.eval} >= 0")
     for flag, suffix in {"save": ".msgpack", "metrics": ".json", "plot": ".png"}.items():
         path = getattr(args, flag) or ""  # it may replace a regular file only, written in place
         where = path if os.path.lexists(path) else os.path.dirname(os.path.abspath(path))
@@ -836,8 +842,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
                 where, os.W_OK) and (where != path or os.path.isfile(path))):
             raise ValueError(f"--{flag} {path!r}: expected a writable {suffix} path in a folder "
                              "that exists; if it exists, a regular file")
-    if args.load and (explicit or args.paper or args.seeds > 1 or args.devices > 1 or args.save
-                      or args.metrics or args.plot):
+    if args.load and (explicit or args.paper or args.seeds > 1 or args.save or args.metrics
+                      or args.plot or args.distributed is not None):
         raise ValueError("--load takes only --eval and --quiet: the file holds the rest")
     config, *loaded = load_policy(args.load) if args.load else (
         make_config(args.env_name, args.paper, **explicit),)
@@ -847,12 +853,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
 def train_runs(agent: Agent, config: Config, args: argparse.Namespace,
                init: Callable = init_train_state,
                step: Callable = update_step) -> tuple[TrainState, Metrics]:
-    """args.seeds runs, sharded over args.devices: init_train_state, then train_updates in jitted
-    pieces of ~1/20 of the updates with a progress line between them (no callback inside, so
-    JAX's persistent compile cache serves the program the next time)."""
-    updates = num_updates(config)
-    mesh = jax.make_mesh((args.devices,), ("seeds",), (jax.sharding.AxisType.Auto,),
-                         devices=jax.devices()[:args.devices])
+    """args.seeds runs over as many devices as divide them, of every process: init, then
+    train_updates in jitted pieces of ~1/20 of the updates with a progress line between them (no
+    callback inside, so JAX's compile cache serves the program the next time). Every process
+    gets every run's results; process 0 alone prints."""
+    from jax.experimental.multihost_utils import process_allgather
+    updates, show = num_updates(config), jax.process_index() == 0
+    mesh = jax.make_mesh((math.gcd(args.seeds, jax.device_count()),), ("seeds",),
+                         (jax.sharding.AxisType.Auto,))
     seeds = jax.sharding.NamedSharding(mesh, jax.P("seeds"))  # independent: no communication
     keys = jax.device_put(jax.random.split(jax.random.PRNGKey(config.seed), args.seeds), seeds)
     length, clock = -(-updates // 20), time.perf_counter()
@@ -866,19 +874,21 @@ def train_runs(agent: Agent, config: Config, args: argparse.Namespace,
     compile_s, clock, pieces = time.perf_counter() - clock, time.perf_counter(), []
     for start in range(0, updates, length):
         state, metrics = run(state)
-        pieces.append(jax.device_get(metrics))
+        pieces.append(process_allgather(metrics, tiled=True))
         end = min(start + length, updates)  # the last piece may run past the budget
         row = jax.tree.map(lambda x: x[:, end - start - 1], pieces[-1])
         ret = row.episode_return  # NaN until an episode ends
         shown = f"{np.nanmean(ret):8.1f}" if np.isfinite(ret).any() else "       -"
-        if not args.quiet:
+        if show and not args.quiet:
             print(f"update {end:4d}/{updates}  steps {int(row.env_steps[0]):9d}  return {shown}  "
                   f"kl {row.kl.mean():.4f}  accepted {row.line_search_accepted.mean():.2f}  "
                   f"explained_var {row.explained_variance.mean():.2f}", flush=True)
     run_s = time.perf_counter() - clock
     rate = updates * args.seeds * config.num_envs * config.num_steps / run_s
-    print(f"compile {compile_s:.1f} s, run {run_s:.1f} s ({rate:,.0f} steps/s)", flush=True)
-    return state, jax.tree.map(lambda *m: np.concatenate(m, 1)[:, :updates], *pieces)
+    if show:
+        print(f"compile {compile_s:.1f} s, run {run_s:.1f} s ({rate:,.0f} steps/s)", flush=True)
+    metrics = jax.tree.map(lambda *m: np.concatenate(m, 1)[:, :updates], *pieces)
+    return process_allgather(state, tiled=True), metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -899,9 +909,12 @@ def main(argv: list[str] | None = None) -> int:
         if loaded:
             (policy_params, obs_stats), args.eval = loaded, args.eval or 10
         else:
-            print(f"TRPO on {config.env_name}: {args.seeds} seed(s) x {num_updates(config)} "
-                  f"updates x {config.num_envs * config.num_steps} steps", flush=True)
+            if jax.process_index() == 0:
+                print(f"TRPO on {config.env_name}: {args.seeds} seed(s) x {num_updates(config)} "
+                      f"updates x {config.num_envs * config.num_steps} steps", flush=True)
             state, metrics = train_runs(agent, config, args)
+            if jax.process_index() > 0:
+                return 0  # process 0 evaluates and writes
             bad = [name for name, tree in (("policy", state.policy_params), ("critic",
                    state.critic), ("statistics", (state.obs_stats, state.return_stats)))
                    if not all(np.isfinite(x).all() for x in jax.tree.leaves(tree))]
