@@ -712,17 +712,19 @@ def test_runs_split_over_devices_and_processes_agree_with_one_device(tmp_path):
     """4 seeds on 1 device, on 4 CPU devices of one process, and on 2 processes x 2 devices
     (--distributed on loopback) give the same per-update metrics for every seed (float32
     rounding of different batch shapes aside); process 0 alone prints and writes, completely;
-    process 1 exits 0 without a progress line."""
+    process 1 exits 0 without a progress line. Without a coordinator, JAX's error is one line."""
     flags = [os.path.join(HERE, "trpo.py"), "--num_envs", "8", "--num_steps", "32",
              "--total_timesteps", "768", "--hidden_sizes", "16,16", "--seeds", "4",
              "--cg_residual_tol", "0"]  # a residual stop is reassociation-sensitive
     coordinator = dict(JAX_COORDINATOR_ADDRESS=f"localhost:{free_port()}")
     results = finish(launch(tmp_path, [*flags, "--metrics", "1.json"], 1),
                      launch(tmp_path, [*flags, "--metrics", "4.json"], 4),
-                     launch(tmp_path, [*flags, "--distributed", 2, 0, "--metrics", "2x2.json",
+                     launch(tmp_path, [*flags, "--distributed", "2,0", "--metrics", "2x2.json",
                                        "--save", "2x2.msgpack", "--eval", 2], 2, **coordinator),
-                     launch(tmp_path, [*flags, "--distributed", 2, 1], 2, **coordinator))
-    assert [r[0] for r in results] == [0] * 4, [r[2][-2000:] for r in results]
+                     launch(tmp_path, [*flags, "--distributed", "2,1"], 2, **coordinator),
+                     launch(tmp_path, [*flags, "--distributed", "2,0"], 2))  # no coordinator
+    assert [r[0] for r in results] == [0, 0, 0, 0, 2], [r[2][-2000:] for r in results]
+    assert results[4][2].strip() == "trpo.py: error: coordinator_address should be defined."
     assert "update    3/3" in results[2][1] and "eval: 2 deterministic" in results[2][1]
     assert "update" not in results[3][1] and "eval" not in results[3][1]
     one = json.loads((tmp_path / "1.json").read_text())
@@ -908,7 +910,6 @@ BAD_INPUTS = {  # case: (flags, what the one line says); {tmp} is the scratch fo
     "abbreviated flag": (["--vf", "1"], "unrecognized"),
     "flag without its value": (["--max_kl"], "expected one argument"),
     "zero seeds": (["--seeds", "0"], "--seeds"),
-    "distributed with one value": (["--distributed", "2"], "--distributed"),
     "folder missing": (["--save", "{tmp}/no_such_dir/x.msgpack"], "--save"),
     "path is a folder": (["--metrics", "{tmp}"], "--metrics"),
     "save not msgpack": (["--save", "{tmp}/afile"], "--save"),

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental.multihost_utils import process_allgather
 from jax.flatten_util import ravel_pytree
 
 
@@ -799,8 +802,6 @@ def plot_curves(path: str, metrics: Metrics, title: str) -> None:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]:
     """Flags -> (options, Config, the --load file's (policies, obs statistics) or None); a
     one-line error for anything that cannot run, before any training."""
-    import inspect
-    import re
     comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(Config), re.M))
     parser = argparse.ArgumentParser("trpo.py", allow_abbrev=False, exit_on_error=False)
     add = parser.add_argument
@@ -812,9 +813,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
     add("--paper", action="store_true", help=f"the paper's TRPO: {PAPER}, and of a preset only "
         "the budget and batch")
     add("--seeds", type=int, default=1, help="seeds trained at once by vmap (default: 1)")
-    add("--distributed", nargs="*", type=int, metavar="N", help="join the processes of a "
-        "multi-host run first: jax.distributed.initialize detects SLURM, Open MPI and k8s; "
-        "elsewhere give NUM_PROCESSES PROCESS_ID and set JAX_COORDINATOR_ADDRESS (host:port)")
+    add("--distributed", nargs="?", const=(), type=types["tuple[int, ...]"], metavar="N,I",
+        help="join a multi-host run (SLURM, Open MPI, k8s; elsewhere: the process count N, this "
+        "process's index I, and JAX_COORDINATOR_ADDRESS=host:port)")
     add("--eval", type=int, default=0, metavar="N", help="N deterministic episodes per seed, then "
         "the IQM, its bootstrap interval, the worst and failed seeds (--load: 10)")
     add("--save", metavar="PATH.msgpack", help="save the policies and observation statistics")
@@ -826,9 +827,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
     if unknown:
         raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
     if args.distributed is not None:  # before anything starts a JAX backend
-        if len(args.distributed) not in (0, 2):
-            raise ValueError("--distributed takes no values, or NUM_PROCESSES PROCESS_ID")
-        jax.distributed.initialize(None, *args.distributed)
+        jax.distributed.initialize(None, *args.distributed)  # JAX's ValueError if incomplete
     explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)[1:]
                 if getattr(args, f.name) is not None}
     if args.seeds < 1 or args.eval < 0 or (args.distributed is not None
@@ -850,27 +849,24 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, Any]
     return args, config, loaded
 
 
-def train_runs(agent: Agent, config: Config, args: argparse.Namespace,
-               init: Callable = init_train_state,
-               step: Callable = update_step) -> tuple[TrainState, Metrics]:
+def train_runs(agent: Agent, config: Config, args: argparse.Namespace, init: Callable =
+               init_train_state, step: Callable = update_step) -> tuple[TrainState, Metrics]:
     """args.seeds runs over as many devices as divide them, of every process: init, then
     train_updates in jitted pieces of ~1/20 of the updates with a progress line between them (no
     callback inside, so JAX's compile cache serves the program the next time). Every process
     gets every run's results; process 0 alone prints."""
-    from jax.experimental.multihost_utils import process_allgather
     updates, show = num_updates(config), jax.process_index() == 0
     mesh = jax.make_mesh((math.gcd(args.seeds, jax.device_count()),), ("seeds",),
                          (jax.sharding.AxisType.Auto,))
     seeds = jax.sharding.NamedSharding(mesh, jax.P("seeds"))  # independent: no communication
     keys = jax.device_put(jax.random.split(jax.random.PRNGKey(config.seed), args.seeds), seeds)
     length, clock = -(-updates // 20), time.perf_counter()
-
-    def piece(state: TrainState) -> tuple[TrainState, Metrics]:
-        return train_updates(agent, config, state, length, step)
-
-    state = jax.jit(jax.vmap(lambda key: init(agent, config, key)),
-                    out_shardings=seeds)(keys)
-    run = jax.jit(jax.vmap(piece), out_shardings=seeds).lower(state).compile()
+    if show:
+        print(f"TRPO on {config.env_name}: {args.seeds} seed(s) x {updates} updates x "
+              f"{config.num_envs * config.num_steps} steps", flush=True)
+    state = jax.jit(jax.vmap(lambda key: init(agent, config, key)), out_shardings=seeds)(keys)
+    piece = jax.vmap(lambda state: train_updates(agent, config, state, length, step))
+    run = jax.jit(piece, out_shardings=seeds).lower(state).compile()
     compile_s, clock, pieces = time.perf_counter() - clock, time.perf_counter(), []
     for start in range(0, updates, length):
         state, metrics = run(state)
@@ -909,9 +905,6 @@ def main(argv: list[str] | None = None) -> int:
         if loaded:
             (policy_params, obs_stats), args.eval = loaded, args.eval or 10
         else:
-            if jax.process_index() == 0:
-                print(f"TRPO on {config.env_name}: {args.seeds} seed(s) x {num_updates(config)} "
-                      f"updates x {config.num_envs * config.num_steps} steps", flush=True)
             state, metrics = train_runs(agent, config, args)
             if jax.process_index() > 0:
                 return 0  # process 0 evaluates and writes

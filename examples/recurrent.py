@@ -204,9 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         refused = [f"--{f}" for f in ("save", "load", "metrics", "plot") if getattr(args, f)]
         if refused or own.hidden_size < 1:
             raise ValueError(f"recurrent.py takes --hidden_size >= 1 and not {', '.join(refused)}")
-        agent, updates = make_agent(config, hidden_size=own.hidden_size), trpo.num_updates(config)
-        print(f"recurrent TRPO (GRU {own.hidden_size}) on {config.env_name}: {args.seeds} seed(s)"
-              f" x {updates} updates x {config.num_envs * config.num_steps} steps", flush=True)
+        agent = make_agent(config, hidden_size=own.hidden_size)
         state, _ = trpo.train_runs(agent, config, args, init_train_state, update_step)
         if args.eval:
             keys = jax.random.split(jax.random.PRNGKey(config.seed + 1), args.seeds)
