@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
 
 import gymnax
 import jax
@@ -701,6 +702,12 @@ def finish(*procs, timeout=300):
             p.kill()
 
 
+# Multi-process tests, about a minute on 2 cores: CI runs them; `-m "not distributed"` skips
+# them. Without a pytest config file the marker is unregistered, so its warning is silenced.
+warnings.filterwarnings("ignore", "Unknown pytest.mark.distributed",
+                        pytest.PytestUnknownMarkWarning)
+
+
 def free_port():
     import socket
     with socket.socket() as s:
@@ -708,6 +715,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.distributed
 def test_runs_split_over_devices_and_processes_agree_with_one_device(tmp_path):
     """4 seeds on 1 device, on 4 CPU devices of one process, and on 2 processes x 2 devices
     (--distributed on loopback) give the same per-update metrics for every seed (float32
@@ -740,6 +748,7 @@ def test_runs_split_over_devices_and_processes_agree_with_one_device(tmp_path):
     assert stats.count.shape == (4,)
 
 
+@pytest.mark.distributed
 def test_the_readme_multi_host_recipe_runs_as_written_on_two_processes(tmp_path):
     """The README's multi-host recipe, pasted into a file, run as 2 processes x 2 CPU devices
     under what SLURM would set: both processes print every run's final training return."""
