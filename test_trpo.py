@@ -1074,8 +1074,9 @@ def start(tmp_path, *args, cwd=None):
 
 
 def test_cli_ctrl_c_while_training_is_one_line_and_exit_130(tmp_path):
-    """Ctrl-C after the first progress line: within seconds, one line, exit 130, no output."""
-    proc, wait_for = start(tmp_path, *TINY, "--total_timesteps", 4_000_000, "--metrics",
+    """Ctrl-C after the first progress line: within seconds, one line, exit 130, no output. The
+    run is long (~2 min unloaded) so that a loaded machine cannot finish it before the signal."""
+    proc, wait_for = start(tmp_path, *TINY, "--total_timesteps", 40_000_000, "--metrics",
                            tmp_path / "m.json", "--save", tmp_path / "s.msgpack")
     wait_for("\nupdate ")
     proc.send_signal(signal.SIGINT)

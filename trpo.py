@@ -865,8 +865,9 @@ def train_runs(agent: Agent, config: Config, args: argparse.Namespace, init: Cal
         print(f"TRPO on {config.env_name}: {args.seeds} seed(s) x {updates} updates x "
               f"{config.num_envs * config.num_steps} steps", flush=True)
     state = jax.jit(jax.vmap(lambda key: init(agent, config, key)), out_shardings=seeds)(keys)
-    piece = jax.vmap(lambda state: train_updates(agent, config, state, length, step))
-    run = jax.jit(piece, out_shardings=seeds).lower(state).compile()
+    def piece(state: TrainState) -> tuple[TrainState, Metrics]:  # names its cache entry
+        return train_updates(agent, config, state, length, step)
+    run = jax.jit(jax.vmap(piece), out_shardings=seeds).lower(state).compile()
     compile_s, clock, pieces = time.perf_counter() - clock, time.perf_counter(), []
     for start in range(0, updates, length):
         state, metrics = run(state)
