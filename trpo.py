@@ -709,11 +709,12 @@ def evaluate(agent: Agent, config: Config, policy_params: Any, obs_stats: Runnin
 
 
 def evaluate_seeds(agent: Agent, config: Config, policy_params: Any, obs_stats: RunningStats,
-                   num_episodes: int) -> np.ndarray:
-    """Per-seed mean of num_episodes deterministic episodes; inputs have a leading seed axis."""
+                   num_episodes: int, episodes: Callable = evaluate) -> np.ndarray:
+    """Per-seed mean of num_episodes deterministic episodes (evaluate, or a variant's);
+    inputs have a leading seed axis."""
     keys = jax.random.split(jax.random.PRNGKey(config.seed + 1),
                             jax.tree.leaves(policy_params)[0].shape[0])
-    run = jax.vmap(lambda p, s, k: evaluate(agent, config, p, s, k, num_episodes))
+    run = jax.vmap(lambda p, s, k: episodes(agent, config, p, s, k, num_episodes))
     return np.asarray(jax.jit(run)(policy_params, obs_stats, keys)).mean(1)
 
 

@@ -2,9 +2,10 @@
 TRPO at the same budget, on held-out seeds (key 1), with gymnax's published return.
 
 Both use trpo.py's preset for the env and its defaults otherwise (the GRU: --hidden_size's
-default); nothing was tuned for this table. Evaluation is bench/gymnax_table.py's: deterministic
-episodes, the same evaluation keys, the IQM of per-seed means with a bootstrap interval and the
-worst seed. Each env's row is written to --out when it ends; an env already there is skipped.
+default); nothing was tuned for this table. Evaluation is trpo.evaluate_seeds (the keys of
+bench/gymnax_table.py): deterministic episodes, the IQM of per-seed means with a bootstrap
+interval and the worst seed. Each env's row is written to --out when it ends; an env already
+there is skipped.
 
     python bench/memory_table.py --seeds 16                # every row not yet in the JSON
     python bench/memory_table.py --markdown                # the table, into RESULTS.md
@@ -15,15 +16,13 @@ import os
 import sys
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "examples"), HERE]
 import jax  # noqa: E402
 
 import recurrent  # noqa: E402
 import trpo  # noqa: E402
-from gymnax_table import HELDOUT_SEED, PUBLISHED, eval_keys, evaluate_runs  # noqa: E402
+from gymnax_table import HELDOUT_SEED, PUBLISHED  # noqa: E402
 
 # env: budget in env steps, chosen so that the table runs in about an hour on 2 CPU cores
 BUDGETS = {"MemoryChain-bsuite": 150_000, "BernoulliBandit-misc": 250_000,
@@ -36,18 +35,13 @@ def run_env(env_name: str, seeds: int, episodes: int) -> dict:
     row = {"env": env_name, "published": PUBLISHED[env_name][:2], "steps": config.total_timesteps,
            "seeds": seeds, "episodes": episodes, "device": jax.devices()[0].device_kind,
            "preset": trpo.PRESETS.get(env_name, {})}
-    for name, make_train in ("feed_forward", trpo.make_train), ("recurrent", recurrent.make_train):
-        train = jax.jit(jax.vmap(make_train(config))).lower(keys).compile()
+    for name, variant in ("feed_forward", trpo), ("recurrent", recurrent):
+        train = jax.jit(jax.vmap(variant.make_train(config))).lower(keys).compile()
         start = time.perf_counter()
         state, _ = jax.block_until_ready(train(keys))
         train_s = time.perf_counter() - start
-        if name == "feed_forward":
-            per_seed = evaluate_runs(config, state, episodes)
-        else:
-            agent = recurrent.make_agent(config)
-            run = jax.vmap(lambda p, s, k: recurrent.evaluate(agent, config, p, s, k, episodes))
-            per_seed = np.asarray(jax.jit(run)(state.policy_params, state.obs_stats,
-                                               eval_keys(seeds))).mean(1)
+        per_seed = trpo.evaluate_seeds(variant.make_agent(config), config, state.policy_params,
+                                       state.obs_stats, episodes, variant.evaluate)
         summary = trpo.summarize_seeds(per_seed)
         row[name] = {"iqm": summary["iqm"], "iqm_ci": summary["iqm_ci"], "worst": summary["worst"],
                      "train_s": round(train_s, 1),

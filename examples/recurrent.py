@@ -21,7 +21,6 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import trpo  # noqa: E402
@@ -207,9 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         agent = make_agent(config, hidden_size=own.hidden_size)
         state, _ = trpo.train_runs(agent, config, args, init_train_state, update_step)
         if args.eval:
-            keys = jax.random.split(jax.random.PRNGKey(config.seed + 1), args.seeds)
-            run = jax.vmap(lambda p, s, k: evaluate(agent, config, p, s, k, args.eval))
-            returns = np.asarray(jax.jit(run)(state.policy_params, state.obs_stats, keys)).mean(1)
+            returns = trpo.evaluate_seeds(agent, config, state.policy_params, state.obs_stats,
+                                          args.eval, evaluate)
             summary = trpo.summarize_seeds(returns, trpo.SOLVED.get(config.env_name))
             print(f"eval: {args.eval} deterministic episodes per seed, {args.seeds} seed(s) "
                   f"[{', '.join(f'{r:.1f}' for r in returns)}]: {trpo.format_summary(summary)}")
