@@ -2,7 +2,7 @@
 trpo.py, one at a time, and the tests run on it: first all but the learning tests, then, if none
 failed, the learning tests. A bug is caught when a test fails; the first failure is recorded.
 
-    python bench/mutants.py                # all, into bench/mutants.json (about 30 min on 2 cores)
+    python bench/mutants.py                # all, into bench/mutants.json (about 40 min on 2 cores)
     python bench/mutants.py --only jnp_dot
 """
 import argparse
