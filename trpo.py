@@ -78,6 +78,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     **{f"{game}-MinAtar": dict(num_envs=64, num_steps=128, vf_minibatches=8, cg_damping=0.01,
                                total_timesteps=10_000_000, entropy_coef=0.03)
        for game in ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")},
+    # meta-RL, tuned with examples/recurrent.py's GRU: the time step is an observation (MetaMaze's
+    # unscaled, to 200); wide batches; 5 full-batch critic passes, cheaper for the GRU
+    "MetaMaze-misc": dict(normalize_observations=True, num_envs=32, vf_minibatches=1, vf_epochs=5,
+                          total_timesteps=1_000_000),
+    "PointRobot-misc": dict(normalize_observations=True, num_envs=64, vf_minibatches=1,
+                            vf_epochs=5, total_timesteps=2_000_000, anneal_max_kl=False),
 }
 # The paper's TRPO as its authors ran it: constant delta 0.01, raw rewards and observations, no
 # entropy bonus, and of a preset only the budget and batch. Advantages stay standardized per
