@@ -8,7 +8,7 @@ Everything else that can be is imported from trpo.py: Config and its flags, the 
 GAE, the critic's regression, the training loop, Metrics and the evaluation statistics.
 
     python examples/recurrent.py --env MemoryChain-bsuite --eval 10
-    python examples/recurrent.py --env BernoulliBandit-misc --hidden_size 32 --seeds 4
+    python examples/recurrent.py --env MetaMaze-misc --seeds 4 --eval 20   # its preset: 1M steps
 """
 from __future__ import annotations
 
