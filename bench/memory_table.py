@@ -25,9 +25,9 @@ import recurrent  # noqa: E402
 import trpo  # noqa: E402
 from gymnax_table import HELDOUT_SEED, PUBLISHED, TUNING_SEED, parse_overrides  # noqa: E402
 
-# env: budget in env steps, chosen so that the table runs in about 75 min on 2 CPU cores
+# env: budget in env steps, chosen so that the table runs in about 100 min on 2 CPU cores
 BUDGETS = {"MemoryChain-bsuite": 150_000, "BernoulliBandit-misc": 250_000,
-           "PointRobot-misc": 2_000_000, "MetaMaze-misc": 1_000_000}
+           "PointRobot-misc": 4_000_000, "MetaMaze-misc": 1_000_000}
 
 
 def run_env(env_name: str, seeds: int, episodes: int, key: int = HELDOUT_SEED,
